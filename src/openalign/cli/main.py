@@ -1,0 +1,60 @@
+"""``openalign`` command: argparse at the edge, one module per subcommand (each has ``register``).
+
+Handlers import the library lazily so ``openalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# group name -> modules registering subcommands in it; "" = top level
+COMMANDS: dict[str, list[str]] = {
+    "": ["openalign.cli.train", "openalign.cli.demo"],
+    "data": ["openalign.cli.data_synth"],
+    "tokenizer": ["openalign.cli.tokenizer"],
+    "eval": ["openalign.cli.eval_retrieval"],
+}
+GROUP_HELP = {
+    "data": "build and inspect training data",
+    "tokenizer": "WordPiece tokenizer",
+    "eval": "evaluate a model",
+    "index": "build and extend a search index",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openalign", description="OpenALIGN: open ALIGN, end to end")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group, modules in COMMANDS.items():
+        target = sub
+        if group:
+            gp = sub.add_parser(group, help=GROUP_HELP.get(group, group))
+            target = gp.add_subparsers(dest=f"{group}_command", required=True)
+        for name in modules:
+            importlib.import_module(name).register(target)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from openalign.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc = args.func(args)
+    except (UserError, FileNotFoundError) as exc:
+        print(f"openalign: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("openalign: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

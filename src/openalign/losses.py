@@ -1,0 +1,95 @@
+"""ALIGN's normalized-softmax contrastive loss, with negatives from the global batch.
+
+logits = image . text / temperature over L2-normalised embeddings; label smoothing 0.1; the SUM
+of the image-to-text and text-to-image cross-entropies (the paper; transformers' ``align_loss``
+takes their mean, which halves the gradient). Each process computes its own rows against the
+whole gathered batch, so memory per process is linear in the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process along dim 0, keeping the autograd graph.
+
+    The backward of the gather sums each slice's gradients from all processes and hands the
+    local slice back, so every process sees the gradient of the WHOLE loss w.r.t. its rows.
+    Identity (no copy) when not distributed.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def contrastive_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    temperature: torch.Tensor,
+    label_smoothing: float = 0.1,
+    all_image_emb: torch.Tensor | None = None,
+    all_text_emb: torch.Tensor | None = None,
+    offset: int = 0,
+) -> dict[str, torch.Tensor]:
+    """ALIGN loss for local rows against global columns.
+
+    image_emb, text_emb: (B, D) local, L2-normalised.  all_*: (N, D) global (default: local).
+    offset: index of the first local row inside the global batch.
+    Returns ``loss`` (= i2t + t2i), ``loss_i2t``, ``loss_t2i``, and ``logits_scale``.
+    Every process computes the mean over its own rows; averaging over processes (DDP) gives
+    the mean over the global batch.
+    """
+    all_image_emb = image_emb if all_image_emb is None else all_image_emb
+    all_text_emb = text_emb if all_text_emb is None else all_text_emb
+    b = image_emb.shape[0]
+    labels = torch.arange(offset, offset + b, device=image_emb.device)
+    inv_t = 1.0 / temperature.float()
+    logits_i2t = image_emb.float() @ all_text_emb.float().t() * inv_t  # (B, N)
+    logits_t2i = text_emb.float() @ all_image_emb.float().t() * inv_t  # (B, N)
+    loss_i2t = F.cross_entropy(logits_i2t, labels, label_smoothing=label_smoothing)
+    loss_t2i = F.cross_entropy(logits_t2i, labels, label_smoothing=label_smoothing)
+    return {"loss": loss_i2t + loss_t2i, "loss_i2t": loss_i2t, "loss_t2i": loss_t2i, "logit_scale": inv_t.detach()}
+
+
+def global_contrastive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: torch.Tensor, label_smoothing: float = 0.1,
+    negatives_fraction: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Gather embeddings from all processes (with gradients) and compute the local rows' loss.
+
+    ``negatives_fraction`` < 1 keeps only that share of the global batch as candidates for each
+    row (the paper's Table 8 ablation), always including the positive.
+    """
+    all_img = gather_with_grad(image_emb)
+    all_txt = gather_with_grad(text_emb)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    offset = rank * image_emb.shape[0]
+    if negatives_fraction >= 1.0:
+        return contrastive_loss(image_emb, text_emb, temperature, label_smoothing, all_img, all_txt, offset)
+    return _subsampled_negatives_loss(image_emb, text_emb, temperature, label_smoothing, all_img, all_txt, offset,
+                                      negatives_fraction)
+
+
+def _subsampled_negatives_loss(img, txt, temperature, label_smoothing, all_img, all_txt, offset, fraction):
+    # Split the global batch into 1/fraction contiguous groups; each row's candidates are its own
+    # group, as if the batch were that much smaller for the loss but not for the gradient step.
+    n = all_img.shape[0]
+    groups = max(1, int(round(1.0 / fraction)))
+    size = n // groups
+    if size * groups != n:
+        raise ValueError(f"global batch {n} is not divisible into {groups} negative groups")
+    losses = []
+    for r in range(img.shape[0]):
+        g = (offset + r) // size
+        lo = g * size
+        out = contrastive_loss(img[r : r + 1], txt[r : r + 1], temperature, label_smoothing,
+                               all_img[lo : lo + size], all_txt[lo : lo + size], offset + r - lo)
+        losses.append(out)
+    i2t = torch.stack([o["loss_i2t"] for o in losses]).mean()
+    t2i = torch.stack([o["loss_t2i"] for o in losses]).mean()
+    return {"loss": i2t + t2i, "loss_i2t": i2t, "loss_t2i": t2i, "logit_scale": losses[0]["logit_scale"]}

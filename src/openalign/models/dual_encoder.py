@@ -1,0 +1,193 @@
+"""The ALIGN dual encoder: ``transformers.AlignModel`` plus L2-normalised encoders and saving.
+
+EfficientNet (global average pooling, no top conv) and BERT ([CLS] -> one linear layer) are
+exactly ``AlignModel``. The only addition is an optional image projection for embedding sizes
+other than the image tower's native width; a model saved with it is marked as not loadable by
+plain transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openalign.models.presets import ModelPreset, get_preset
+
+log = logging.getLogger(__name__)
+
+OPENALIGN_JSON = "openalign.json"
+IMAGE_PROJECTION_FILE = "image_projection.safetensors"
+
+
+class DualEncoder(nn.Module):
+    """ALIGN dual encoder. ``encode_images``/``encode_texts`` return L2-normalised embeddings."""
+
+    def __init__(self, align: nn.Module, image_projection: nn.Linear | None = None, preset: ModelPreset | None = None):
+        super().__init__()
+        self.align = align
+        self.image_projection = image_projection
+        self.preset = preset
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset: ModelPreset | str, vocab_size: int | None = None, seed: int | None = None) -> "DualEncoder":
+        from transformers import AlignModel
+
+        if isinstance(preset, str):
+            preset = get_preset(preset)
+        if seed is not None:
+            torch.manual_seed(seed)
+        config = preset.align_config(vocab_size=vocab_size)
+        align = AlignModel(config)
+        proj = None
+        if preset.embed_dim is not None and preset.embed_dim != preset.native_dim:
+            proj = nn.Linear(preset.native_dim, preset.embed_dim)
+        return cls(align, proj, preset)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "DualEncoder":
+        """Load a directory written by :meth:`save_pretrained` or the ``kakaobrain/align-base`` layout."""
+        from transformers import AlignModel
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json; pass a model directory written by `openalign train` "
+                                    "or a downloaded kakaobrain/align-base folder")
+        align = AlignModel.from_pretrained(str(path), use_safetensors=_has_safetensors(path))
+        proj = None
+        meta = read_openalign_json(path)
+        if (path / IMAGE_PROJECTION_FILE).is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(path / IMAGE_PROJECTION_FILE))
+            out_dim, in_dim = state["weight"].shape
+            proj = nn.Linear(in_dim, out_dim)
+            proj.load_state_dict(state)
+        preset = None
+        if meta.get("preset"):
+            preset = ModelPreset(**{k: v for k, v in meta["preset"].items() if k in ModelPreset.__dataclass_fields__})
+        return cls(align, proj, preset)
+
+    # -- encoders -----------------------------------------------------------------------------
+    @property
+    def temperature(self) -> nn.Parameter:
+        return self.align.temperature
+
+    @property
+    def embed_dim(self) -> int:
+        return self.image_projection.out_features if self.image_projection is not None else self.align.projection_dim
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # (B, 3, H, W) -> EfficientNet -> global average pool -> (B, C_native) [-> projection]
+        feats = self.align.vision_model(pixel_values=pixel_values).pooler_output
+        if self.image_projection is not None:
+            feats = self.image_projection(feats)
+        return feats
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # (B, L) -> BERT -> [CLS] hidden state (B, H) -> linear -> (B, D)
+        hidden = self.align.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.align.text_projection(hidden[:, 0, :])
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_features(pixel_values).float(), dim=-1)
+
+    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.text_features(input_ids, attention_mask).float(), dim=-1)
+
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_images(pixel_values), self.encode_texts(input_ids, attention_mask)
+
+    # -- saving -------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path, tokenizer: Any = None, summary: dict | None = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (+ tokenizer, preprocessor) + ``openalign.json``.
+
+        The folder loads with ``AlignModel.from_pretrained`` and ``AlignProcessor.from_pretrained``.
+        It is written to a temp folder and renamed, so a crash never leaves half a model.
+        """
+        from openalign.io import atomic_write_text
+        import shutil
+        import tempfile
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.align.save_pretrained(str(tmp), safe_serialization=True)
+            if tokenizer is not None:
+                processor = make_processor(tokenizer, self.preset)
+                processor.save_pretrained(str(tmp))
+            loadable = self.image_projection is None
+            if not loadable:
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in self.image_projection.state_dict().items()},
+                          str(tmp / IMAGE_PROJECTION_FILE))
+            meta = {
+                "format": "openalign-model/1",
+                "preset": asdict(self.preset) if self.preset else None,
+                "embed_dim": self.embed_dim,
+                "transformers_loadable": loadable,
+                "summary": summary or {},
+            }
+            if not loadable:
+                meta["warning"] = (
+                    f"this model adds an image projection ({IMAGE_PROJECTION_FILE}) for embed_dim={self.embed_dim}; "
+                    "plain transformers.AlignModel ignores it and gives wrong image embeddings: "
+                    "load it with openalign.models.DualEncoder.from_pretrained"
+                )
+            atomic_write_text(tmp / OPENALIGN_JSON, json.dumps(meta, indent=2) + "\n")
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                if old.exists():
+                    shutil.rmtree(old)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _has_safetensors(path: Path) -> bool:
+    return any(path.glob("*.safetensors"))
+
+
+def read_openalign_json(path: str | Path) -> dict:
+    f = Path(path) / OPENALIGN_JSON
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def make_processor(tokenizer: Any, preset: ModelPreset | None):
+    """An ``AlignProcessor`` with the paper's preprocessing at the preset's resolution.
+
+    Resize (squash) to ``resize_size`` bilinear, centre crop ``image_size``, pixels in [-1, 1]:
+    the same rules as ``kakaobrain/align-base``'s preprocessor_config.json (346 -> 289).
+    """
+    from transformers import AlignProcessor, EfficientNetImageProcessor
+
+    size = preset.image_size if preset else 289
+    resize = preset.resize_size if preset else 346
+    image_processor = EfficientNetImageProcessor(
+        size={"height": resize, "width": resize},
+        crop_size={"height": size, "width": size},
+        do_center_crop=True,
+        do_rescale=True,
+        rescale_factor=1 / 127.5,
+        rescale_offset=True,
+        do_normalize=False,
+        include_top=False,
+        resample=2,  # PIL bilinear
+    )
+    return AlignProcessor(image_processor=image_processor, tokenizer=tokenizer)

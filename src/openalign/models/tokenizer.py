@@ -1,0 +1,62 @@
+"""WordPiece tokenizer trained on the alt-texts (the paper: 100k vocabulary, 64 tokens max).
+
+Training uses the ``tokenizers`` library; the result is saved as a BERT tokenizer directory that
+``transformers.AutoTokenizer`` and ``AlignProcessor`` load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+MAX_TEXT_LEN = 64
+
+
+def train_wordpiece(
+    texts: Iterable[str],
+    out_dir: str | Path,
+    vocab_size: int = 100_000,
+    min_frequency: int = 2,
+    lowercase: bool = True,
+    max_length: int = MAX_TEXT_LEN,
+):
+    """Train a BERT-style WordPiece vocabulary on ``texts`` and save it to ``out_dir``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    fast = BertTokenizerFast(tokenizer_object=tok, do_lower_case=lowercase, model_max_length=max_length,
+                             unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                             mask_token="[MASK]")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def load_tokenizer(path: str | Path, max_length: int = MAX_TEXT_LEN):
+    """Load a tokenizer directory (ours, a BERT one, or an ALIGN model folder)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: tokenizer directory not found; train one with `openalign tokenizer train`")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.model_max_length = max_length
+    return tok
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int = MAX_TEXT_LEN) -> dict:
+    """Pad to the longest text in the batch (at most ``max_length``) and return torch tensors."""
+    enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
