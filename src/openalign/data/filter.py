@@ -1,0 +1,343 @@
+"""The paper's text filters as SQL, run by DuckDB (embedded default) or Spark (clusters).
+
+ALIGN keeps the corpus noisy on purpose: only frequency-based rules, applied to the raw pairs.
+
+Counting tokenisation (used by the vocabulary and the length rules): the alt-text is lower-cased
+and split into maximal runs of Unicode letters and digits (regex ``[\\p{L}\\p{N}]+``); everything
+else (spaces, punctuation, symbols) separates tokens. Unigrams are those tokens; bigrams are
+adjacent token pairs joined by one space. ``"Red-tailed hawk, 2019!"`` -> unigrams ``red, tailed,
+hawk, 2019``; bigrams ``red tailed, tailed hawk, hawk 2019``.
+
+Statistics come from the raw input, rules apply in this order, and each pair is charged to the
+first rule that drops it:
+
+0. ``invalid``: a missing or empty url, or a missing text.
+1. ``duplicate``: the same (url, text) seen again (the first page_url, in sort order, is kept).
+2. ``text_shared``: the alt-text belongs to more than ``max_images_per_text`` distinct urls.
+3. ``image_many_texts``: the url has more than ``max_texts_per_image`` distinct alt-texts.
+4. ``rare_token``: a unigram or bigram of the text is outside the ``vocab_top_n`` most frequent
+   unigrams+bigrams of the raw data (frequency = occurrences over all valid input rows;
+   ties broken by the gram's byte order).
+5. ``length``: fewer than ``min_unigrams`` or more than ``max_unigrams`` unigrams.
+
+The SQL below is one text for both engines; only a few list/regex functions differ by dialect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from openalign.errors import UserError
+from openalign.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RULES = ("invalid", "duplicate", "text_shared", "image_many_texts", "rare_token", "length")
+RULE_HELP = {
+    "invalid": "missing url or text",
+    "duplicate": "same (url, text) again",
+    "text_shared": "alt-text shared by > {max_images_per_text} images",
+    "image_many_texts": "image with > {max_texts_per_image} alt-texts",
+    "rare_token": "token outside top-{vocab_top_n} uni+bigrams",
+    "length": "< {min_unigrams} or > {max_unigrams} unigrams",
+}
+TEXT_COLUMNS = ("text", "alt", "caption")
+
+
+@dataclass(frozen=True)
+class TextFilterConfig:
+    """The paper's thresholds (Jia et al. 2021, section 3)."""
+
+    max_images_per_text: int = 10
+    max_texts_per_image: int = 1000
+    vocab_top_n: int = 100_000_000
+    min_unigrams: int = 3
+    max_unigrams: int = 20
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few functions that differ between DuckDB and Spark SQL."""
+
+    name: str
+    tokens: Callable[[str], str]  # text column -> list of lower-cased tokens
+    bigrams: Callable[[str], str]  # token list -> list of "a b" strings
+    concat: Callable[[str, str], str]
+    size: Callable[[str], str]
+    explode: Callable[[str], str]
+
+
+DUCKDB = Dialect(
+    name="duckdb",
+    tokens=lambda x: rf"regexp_extract_all(lower({x}), '[\p{{L}}\p{{N}}]+')",
+    bigrams=lambda t: f"list_transform(range(1, len({t})), lambda i: {t}[i] || ' ' || {t}[i + 1])",
+    concat=lambda a, b: f"list_concat({a}, {b})",
+    size=lambda t: f"len({t})",
+    explode=lambda t: f"unnest({t})",
+)
+SPARK = Dialect(
+    name="spark",
+    # Spark SQL string literals unescape backslashes: '\\p' reaches Java's regex as \p
+    tokens=lambda x: rf"regexp_extract_all(lower({x}), '[\\p{{L}}\\p{{N}}]+', 0)",
+    bigrams=lambda t: (f"zip_with(slice({t}, 1, greatest(size({t}) - 1, 0)), slice({t}, 2, greatest(size({t}) - 1, 0)), "
+                       "(a, b) -> concat(a, ' ', b))"),
+    concat=lambda a, b: f"concat({a}, {b})",
+    size=lambda t: f"size({t})",
+    explode=lambda t: f"explode({t})",
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    sql: str
+    reused: bool = False  # read by more than one later step: materialise / cache it
+
+
+def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
+    """The filter as named SQL steps over the view ``raw_input(url, text, page_url)``."""
+    grams = d.concat("toks", d.bigrams("toks"))
+    return [
+        Step("valid", "SELECT url, text, page_url FROM raw_input WHERE url IS NOT NULL AND url <> '' AND text IS NOT NULL",
+             reused=True),
+        Step("pairs", "SELECT url, text, min(page_url) AS page_url FROM valid GROUP BY url, text", reused=True),
+        Step("text_info", f"SELECT text, count(*) AS n_rows, {d.tokens('text')} AS toks FROM valid GROUP BY text",
+             reused=True),
+        Step("text_grams", f"SELECT text, n_rows, {d.explode(grams)} AS g FROM text_info", reused=True),
+        Step("gram_counts", "SELECT g, sum(n_rows) AS cnt FROM text_grams GROUP BY g"),
+        Step("vocab", f"SELECT g FROM gram_counts ORDER BY cnt DESC, g LIMIT {int(cfg.vocab_top_n)}"),
+        Step("rare_texts", "SELECT DISTINCT tg.text FROM text_grams tg LEFT JOIN vocab v ON tg.g = v.g WHERE v.g IS NULL"),
+        Step("text_images", "SELECT text, count(*) AS n_images FROM pairs GROUP BY text"),
+        Step("image_texts", "SELECT url, count(*) AS n_texts FROM pairs GROUP BY url"),
+        Step("labelled", f"""
+            SELECT p.url, p.text, p.page_url,
+              CASE WHEN ti.n_images > {int(cfg.max_images_per_text)} THEN 'text_shared'
+                   WHEN it.n_texts > {int(cfg.max_texts_per_image)} THEN 'image_many_texts'
+                   WHEN r.text IS NOT NULL THEN 'rare_token'
+                   WHEN {d.size('x.toks')} < {int(cfg.min_unigrams)}
+                     OR {d.size('x.toks')} > {int(cfg.max_unigrams)} THEN 'length'
+              END AS dropped_by
+            FROM pairs p
+            JOIN text_images ti ON p.text = ti.text
+            JOIN image_texts it ON p.url = it.url
+            JOIN text_info x ON p.text = x.text
+            LEFT JOIN rare_texts r ON p.text = r.text""", reused=True),
+    ]
+
+
+COUNT_SQL = {
+    "raw": "SELECT count(*) FROM raw_input",
+    "valid": "SELECT count(*) FROM valid",
+    "pairs": "SELECT count(*) FROM pairs",
+    "vocab": "SELECT count(*) FROM vocab",
+    "distinct_grams": "SELECT count(*) FROM gram_counts",
+    "by_rule": "SELECT dropped_by, count(*) FROM labelled GROUP BY dropped_by",
+}
+OUTPUT_SQL = "SELECT url, text, page_url FROM labelled WHERE dropped_by IS NULL ORDER BY url, text"
+
+
+@dataclass
+class FilterStats:
+    config: dict[str, Any]
+    engine: str
+    inputs: list[str]
+    output: str
+    rows_in: int = 0
+    removed: dict[str, int] = field(default_factory=dict)  # rule -> pairs removed, in RULES order
+    kept: int = 0
+    vocab_size: int = 0
+    distinct_grams: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _stats_from_counts(stats: FilterStats, counts: dict[str, Any]) -> FilterStats:
+    by_rule = dict(counts["by_rule"])
+    stats.rows_in = int(counts["raw"])
+    stats.removed = {
+        "invalid": int(counts["raw"] - counts["valid"]),
+        "duplicate": int(counts["valid"] - counts["pairs"]),
+        **{r: int(by_rule.get(r, 0)) for r in RULES[2:]},
+    }
+    stats.kept = int(by_rule.get(None, 0))
+    stats.vocab_size = int(counts["vocab"])
+    stats.distinct_grams = int(counts["distinct_grams"])
+    return stats
+
+
+def format_stats_table(stats: FilterStats) -> str:
+    """The printed table: how many pairs each rule removed, in order."""
+    cfg = stats.config
+    lines = [f"{'rule':<18} {'what':<44} {'removed':>12} {'left':>12}",
+             f"{'input':<18} {'rows read':<44} {'':>12} {stats.rows_in:>12,}"]
+    left = stats.rows_in
+    for rule in RULES:
+        n = stats.removed.get(rule, 0)
+        left -= n
+        lines.append(f"{rule:<18} {RULE_HELP[rule].format(**cfg):<44} {n:>12,} {left:>12,}")
+    lines.append(f"{'kept':<18} {'pairs written':<44} {'':>12} {stats.kept:>12,}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def parquet_files(inputs: list[str | Path]) -> list[str]:
+    """Parquet files named by files, folders (recursively, Spark part files too) or globs."""
+    import glob
+
+    files: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(sorted(str(f) for f in p.rglob("*.parquet") if not f.name.startswith((".", "_"))))
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            hits = sorted(glob.glob(str(item)))
+            if not hits:
+                raise UserError(f"{item}: no such Parquet file or folder; pass the output of `openalign data extract`")
+            files.extend(hits)
+    if not files:
+        raise UserError(f"{', '.join(map(str, inputs))}: no .parquet files found; pass the output of `openalign data extract`")
+    return files
+
+
+def resolve_columns(files: list[str], url_column: str | None, text_column: str | None) -> tuple[str, str, str | None]:
+    """(url column, text column, page_url column or None), checked against the first file's schema."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(files[0]).names
+    except Exception as exc:
+        raise UserError(f"{files[0]}: not a readable Parquet file ({exc}); regenerate it with `openalign data extract`")
+    url = url_column or "url"
+    text = text_column or next((c for c in TEXT_COLUMNS if c in names), None)
+    if url not in names:
+        raise UserError(f"{files[0]}: field {url!r} missing (columns: {', '.join(names)}); pass --url-column NAME")
+    if text is None or text not in names:
+        raise UserError(f"{files[0]}: field {text or 'text'!r} missing (columns: {', '.join(names)}); "
+                        "pass --text-column NAME")
+    return url, text, "page_url" if "page_url" in names else None
+
+
+def _input_select(url: str, text: str, page: str | None) -> str:
+    page_expr = f'CAST("{page}" AS STRING)' if page else "CAST(NULL AS STRING)"
+    return f'SELECT CAST("{url}" AS STRING) AS url, CAST("{text}" AS STRING) AS text, {page_expr} AS page_url'
+
+
+# ---------------------------------------------------------------- engines
+
+
+def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFilterConfig, out: Path,
+                threads: int | None, memory_limit: str | None, on_step: Callable[[str], None]) -> dict[str, Any]:
+    import duckdb
+
+    con = duckdb.connect()
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET preserve_insertion_order = false")
+    file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    con.execute(f"CREATE TEMP VIEW raw_input AS {_input_select(*cols)} FROM read_parquet([{file_list}], union_by_name = true)")
+    for step in filter_steps(cfg, DUCKDB):
+        kind = "TABLE" if step.reused else "VIEW"
+        con.execute(f"CREATE TEMP {kind} {step.name} AS {step.sql}")
+        on_step(step.name)
+    counts = {k: (con.execute(q).fetchall() if k == "by_rule" else con.execute(q).fetchone()[0])
+              for k, q in COUNT_SQL.items()}
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        con.execute(f"COPY ({OUTPUT_SQL}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    on_step("write")
+    con.close()
+    return counts
+
+
+def spark_session(master: str = "local[1]", app: str = "openalign-filter"):
+    """A Spark session (local mode by default); says which extra to install when pyspark is missing."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise UserError("engine 'spark' needs pyspark: pip install 'openalign[spark]'") from None
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise UserError("engine 'spark' needs Java 17+: install a JDK and put `java` on PATH (or set JAVA_HOME)")
+    return (SparkSession.builder.master(master).appName(app)
+            .config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+            .config("spark.sql.session.timeZone", "UTC").config("spark.ui.showConsoleProgress", "false")
+               .getOrCreate())
+
+
+def _run_spark(files: list[str], cols: tuple[str, str, str | None], cfg: TextFilterConfig, out: Path,
+               spark: Any, on_step: Callable[[str], None]) -> dict[str, Any]:
+    url, text, page = cols
+    df = spark.read.parquet(*files)
+    df.createOrReplaceTempView("raw_parquet")
+    spark.sql(f"{_input_select(url, text, page).replace(chr(34), '`')} FROM raw_parquet").createOrReplaceTempView("raw_input")
+    cached = []
+    for step in filter_steps(cfg, SPARK):
+        sdf = spark.sql(step.sql)
+        if step.reused:
+            sdf = sdf.cache()
+            cached.append(sdf)
+        sdf.createOrReplaceTempView(step.name)
+        on_step(step.name)
+    counts = {k: ([tuple(r) for r in spark.sql(q).collect()] if k == "by_rule" else spark.sql(q).collect()[0][0])
+              for k, q in COUNT_SQL.items()}
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    spark.sql(OUTPUT_SQL).write.mode("overwrite").parquet(str(tmp))
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(tmp, out)  # a folder of part files, in url/text order
+    on_step("write")
+    for sdf in cached:
+        sdf.unpersist()
+    return counts
+
+
+def filter_pairs(inputs: list[str | Path] | str | Path, out: str | Path, cfg: TextFilterConfig = TextFilterConfig(),
+                 engine: str = "duckdb", url_column: str | None = None, text_column: str | None = None,
+                 stats_path: str | Path | None = None, threads: int | None = None, memory_limit: str | None = None,
+                 spark: Any = None, on_step: Callable[[str], None] | None = None) -> FilterStats:
+    """Apply the text rules to Parquet ``inputs``; write ``out`` (Parquet) and ``filter_stats.json`` beside it.
+
+    ``engine="duckdb"`` writes one Parquet file; ``engine="spark"`` writes a folder of part files
+    (pass ``spark`` to reuse a session, else a ``local[1]`` one is made).
+    """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files = parquet_files(list(inputs))
+    cols = resolve_columns(files, url_column, text_column)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    step_cb = on_step or (lambda name: None)
+    stats = FilterStats(config=asdict(cfg), engine=engine, inputs=files, output=str(out))
+    t0 = time.perf_counter()
+    if engine == "duckdb":
+        counts = _run_duckdb(files, cols, cfg, out, threads, memory_limit, step_cb)
+    elif engine == "spark":
+        counts = _run_spark(files, cols, cfg, out, spark or spark_session(), step_cb)
+    else:
+        raise UserError(f"engine {engine!r} unknown; use --engine duckdb or --engine spark")
+    stats = _stats_from_counts(stats, counts)
+    stats.seconds = round(time.perf_counter() - t0, 3)
+    atomic_write_text(Path(stats_path) if stats_path else out.parent / "filter_stats.json", stats.to_json())
+    return stats
+
+
+N_STEPS = len(filter_steps(TextFilterConfig(), DUCKDB)) + 1  # + the write
