@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import itertools
     from collections import Counter
 
     from tqdm import tqdm
@@ -34,17 +35,19 @@ def run(args: argparse.Namespace) -> int:
         texts, source = iter_shard_texts(args.shards, counts), args.shards
     else:
         texts, source = iter_parquet_texts(args.parquet, args.text_column), args.parquet
+    texts = iter(texts)
+    first = next(texts, None)  # fail before writing anything when there is nothing to learn from
+    if first is None:
+        raise UserError(f"{source}: no alt-texts found; shards need KEY.txt captions, tables a non-empty text column")
     seen = [0]
 
     def counted():
-        for t in tqdm(texts, desc="alt-texts", unit=" texts", mininterval=1.0):
+        for t in tqdm(itertools.chain([first], texts), desc="alt-texts", unit=" texts", mininterval=1.0):
             seen[0] += 1
             yield t
 
     tok = train_wordpiece(counted(), args.out, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                           max_length=args.max_length)
-    if seen[0] == 0:
-        raise UserError(f"{source}: no alt-texts found; shards need KEY.txt captions, tables a non-empty text column")
     skipped = counts.get("missing_or_empty_caption", 0) + counts.get("broken_shard_errors", 0)
     print(f"tokenizer: {len(tok)} tokens from {seen[0]} alt-texts ({skipped} skipped) -> {args.out}")
     return 0
