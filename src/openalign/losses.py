@@ -78,18 +78,20 @@ def global_contrastive_loss(
 def _subsampled_negatives_loss(img, txt, temperature, label_smoothing, all_img, all_txt, offset, fraction):
     # Split the global batch into 1/fraction contiguous groups; each row's candidates are its own
     # group, as if the batch were that much smaller for the loss but not for the gradient step.
-    n = all_img.shape[0]
+    n, b = all_img.shape[0], img.shape[0]
     groups = max(1, int(round(1.0 / fraction)))
     size = n // groups
     if size * groups != n:
         raise ValueError(f"global batch {n} is not divisible into {groups} negative groups")
-    losses = []
-    for r in range(img.shape[0]):
-        g = (offset + r) // size
-        lo = g * size
-        out = contrastive_loss(img[r : r + 1], txt[r : r + 1], temperature, label_smoothing,
-                               all_img[lo : lo + size], all_txt[lo : lo + size], offset + r - lo)
-        losses.append(out)
-    i2t = torch.stack([o["loss_i2t"] for o in losses]).mean()
-    t2i = torch.stack([o["loss_t2i"] for o in losses]).mean()
-    return {"loss": i2t + t2i, "loss_i2t": i2t, "loss_t2i": t2i, "logit_scale": losses[0]["logit_scale"]}
+    i2t, t2i = [], []
+    row = 0
+    while row < b:
+        g_lo = (offset + row) // size * size  # first global index of this row's group
+        end = min(b, g_lo + size - offset)  # local rows in the same group
+        out = contrastive_loss(img[row:end], txt[row:end], temperature, label_smoothing,
+                               all_img[g_lo : g_lo + size], all_txt[g_lo : g_lo + size], offset + row - g_lo)
+        i2t.append(out["loss_i2t"] * (end - row))
+        t2i.append(out["loss_t2i"] * (end - row))
+        row = end
+    li2t, lt2i = torch.stack(i2t).sum() / b, torch.stack(t2i).sum() / b
+    return {"loss": li2t + lt2i, "loss_i2t": li2t, "loss_t2i": lt2i, "logit_scale": (1.0 / temperature.float()).detach()}

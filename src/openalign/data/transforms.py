@@ -34,12 +34,25 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """uint8 HWC -> uint8 CHW: 4x less memory and worker IPC than float; see :func:`normalize_pixels`."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def normalize_pixels(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (any shape) -> float in [-1, 1], the same arithmetic as :func:`to_tensor`; floats pass through."""
+    if x.dtype != torch.uint8:
+        return x
+    return x.to(torch.float32) * (1 / 127.5) - 1.0
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     size: int  # crop fed to the network
     resize: int  # squash-resize before cropping
     train: bool = False
     hflip: bool = True
+    uint8: bool = False  # return uint8 CHW (training batches are normalised on the fly)
 
     def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         img = to_rgb(img).resize((self.resize, self.resize), Image.BILINEAR)
@@ -54,11 +67,11 @@ class ImageTransform:
             top = (self.resize - self.size) // 2
             left = (self.resize - self.size) // 2
             img = img.crop((left, top, left + self.size, top + self.size))
-        return to_tensor(img)
+        return to_uint8_tensor(img) if self.uint8 else to_tensor(img)
 
 
-def transform_for(preset, train: bool) -> ImageTransform:
-    return ImageTransform(size=preset.image_size, resize=preset.resize_size, train=train)
+def transform_for(preset, train: bool, uint8: bool = False) -> ImageTransform:
+    return ImageTransform(size=preset.image_size, resize=preset.resize_size, train=train, uint8=uint8)
 
 
 def transform_from_processor_config(cfg: dict, train: bool = False) -> ImageTransform:

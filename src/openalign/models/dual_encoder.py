@@ -175,7 +175,12 @@ def make_processor(tokenizer: Any, preset: ModelPreset | None):
     Resize (squash) to ``resize_size`` bilinear, centre crop ``image_size``, pixels in [-1, 1]:
     the same rules as ``kakaobrain/align-base``'s preprocessor_config.json (346 -> 289).
     """
-    from transformers import AlignProcessor, EfficientNetImageProcessor
+    from transformers import AlignProcessor
+
+    try:  # transformers 5: the PIL processor (the default one needs torchvision, which we avoid)
+        from transformers import EfficientNetImageProcessorPil as EfficientNetImageProcessor
+    except ImportError:
+        from transformers import EfficientNetImageProcessor
 
     size = preset.image_size if preset else 289
     resize = preset.resize_size if preset else 346

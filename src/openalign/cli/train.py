@@ -1,0 +1,51 @@
+"""``openalign train``: the paper's recipe by default; every TrainConfig field is a flag."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from openalign.cli._config_args import add_config_flags
+    from openalign.train.config import TrainConfig
+
+    p = sub.add_parser("train", help="train an ALIGN dual encoder on WebDataset shards",
+                       description="Train with the paper's recipe (LAMB, lr 1e-3, warm-up then linear decay, "
+                                   "learnable temperature, label smoothing 0.1). Multi-process: launch with torchrun.")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    p.add_argument("--config", default=None, help="a config.json from an earlier run to start from")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from openalign.cli._config_args import config_from_args
+    from openalign.config import from_dict
+    from openalign.errors import UserError
+    from openalign.train.config import TrainConfig
+    from openalign.train.loop import train
+
+    base = None
+    if args.config:
+        path = Path(args.config)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path}: cannot read config ({exc}); pass a run's config.json") from None
+        base = from_dict(TrainConfig, data.get("train", data))
+    try:
+        cfg = config_from_args(TrainConfig, args, base)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.resume and not args.config and (Path(cfg.out) / "config.json").is_file() and not cfg.shards:
+        saved = json.loads((Path(cfg.out) / "config.json").read_text())["train"]
+        cfg = config_from_args(TrainConfig, args, from_dict(TrainConfig, saved))
+    result = train(cfg, resume=args.resume)
+    print(f"trained {result.step} steps, {result.samples_per_s:.1f} samples/s; model: {result.model_dir}")
+    if result.skipped:
+        bad = {k: v for k, v in result.skipped.items() if k != "samples_read" and v}
+        print(f"skipped: {bad or 'none'} of {result.skipped.get('samples_read', 0)} samples read")
+    return 0

@@ -1,0 +1,126 @@
+"""Embed an image source with a model and write (or extend) an index.
+
+The embedding loop is deliberately small and local (DataLoader workers decode and transform,
+the main process runs the model); it can be swapped for a shared batched embedder by passing
+another ``embed_batches`` function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from openalign.errors import UserError
+from openalign.search.index import IndexContents, IndexParams, append_contents, normalise_metadata, read_manifest, write_index
+from openalign.search.sources import collate, make_source
+
+log = logging.getLogger(__name__)
+
+
+def embed_batches(bundle: Any, dataset: torch.utils.data.Dataset, batch_size: int = 32, num_workers: int = 2,
+                  total: int | None = None) -> Iterator[dict[str, Any]]:
+    """Batches of ``{"vectors": (B, D) np.float32, "rows": [...], "errors": [...]}`` with a progress bar."""
+    from tqdm import tqdm
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                                         shuffle=False)
+    with tqdm(total=total, unit="img", desc="embedding", leave=False) as bar:
+        for batch in loader:
+            vecs = bundle.encode_pixels(batch["pixels"]).numpy() if batch["pixels"] is not None else None
+            bar.update(len(batch["rows"]) + len(batch["errors"]))
+            yield {"vectors": vecs, "rows": batch["rows"], "errors": batch["errors"]}
+
+
+def collect(bundle: Any, batches: Iterator[dict[str, Any]], index_captions: bool = True) -> IndexContents:
+    """Gather embedded batches into in-memory index contents (ids from 0; thumbnails concatenated)."""
+    vecs: list[np.ndarray] = []
+    rows: list[dict[str, Any]] = []
+    thumbs = bytearray()
+    stats: Counter = Counter()
+    for b in batches:
+        for reason, detail in b["errors"]:
+            stats[f"skipped_{reason}"] += 1
+            log.debug("skipped %s: %s", reason, detail)
+        if b["vectors"] is None:
+            continue
+        vecs.append(b["vectors"])
+        for r in b["rows"]:
+            thumb = r.pop("thumb", b"")
+            r["thumb_offset"], r["thumb_size"] = (len(thumbs), len(thumb)) if thumb else (-1, 0)
+            thumbs += thumb
+            rows.append(r)
+    stats["indexed"] = len(rows)
+    dim = int(bundle.dim)
+    vectors = np.concatenate(vecs).astype(np.float32) if vecs else np.zeros((0, dim), np.float32)
+    meta = normalise_metadata(rows)
+    cap_vecs = cap_ids = None
+    if index_captions and len(meta) and meta["caption"].notna().any():
+        cap_ids = meta.index[meta["caption"].notna()].to_numpy(np.int64)
+        cap_vecs = np.asarray(bundle.encode_texts(meta["caption"][cap_ids].tolist())).astype(np.float32)
+    return IndexContents(vectors=vectors, metadata=meta, model=model_identity(bundle), thumbnails=bytes(thumbs),
+                         caption_vectors=cap_vecs, caption_ids=cap_ids, stats=dict(stats))
+
+
+def model_identity(bundle: Any) -> dict[str, Any]:
+    """Name, directory, dim, preset and a fingerprint of the config + weights' first MB."""
+    d = Path(bundle.name) if getattr(bundle, "name", "") else None
+    ident: dict[str, Any] = {"name": getattr(bundle, "name", "") or "unnamed", "dim": int(bundle.dim),
+                             "dir": str(d.resolve()) if d is not None and d.is_dir() else None}
+    preset = getattr(getattr(bundle, "model", None), "preset", None)
+    ident["preset"] = preset.name if preset is not None else None
+    if ident["dir"]:
+        h = hashlib.sha256()
+        for f in sorted(Path(ident["dir"]).glob("*")):
+            if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
+                with open(f, "rb") as fh:
+                    h.update(f.name.encode() + fh.read(2**20))
+        ident["fingerprint"] = h.hexdigest()[:16]
+    return ident
+
+
+def build_index(out: str | Path, model_dir: str | Path, images: str | None = None, shards: str | None = None,
+                parquet: str | None = None, params: IndexParams = IndexParams(), batch_size: int = 32,
+                num_workers: int = 2, thumb_size: int = 192, index_captions: bool = True,
+                embed: Callable[..., Iterator[dict[str, Any]]] = embed_batches) -> dict:
+    """Embed one source with the model at ``model_dir`` and write a new index at ``out`` (atomically)."""
+    bundle = _load(model_dir)
+    dataset, total = make_source(images, shards, parquet, bundle.transform, thumb_size)
+    contents = collect(bundle, embed(bundle, dataset, batch_size, num_workers, total), index_captions)
+    contents.params = params
+    return write_index(out, contents)
+
+
+def add_to_index(index_dir: str | Path, model_dir: str | Path | None = None, images: str | None = None,
+                 shards: str | None = None, parquet: str | None = None, batch_size: int = 32, num_workers: int = 2,
+                 thumb_size: int = 192, index_captions: bool = True,
+                 embed: Callable[..., Iterator[dict[str, Any]]] = embed_batches) -> dict:
+    """Embed one more source and append it to the index at ``index_dir`` (the vector index is not retrained)."""
+    manifest = read_manifest(index_dir)
+    model_dir = model_dir or (manifest.get("model") or {}).get("dir")
+    if not model_dir:
+        raise UserError(f"{index_dir}/manifest.json: model.dir is not set; pass --model DIR")
+    bundle = _load(model_dir)
+    ident = model_identity(bundle)
+    want = (manifest.get("model") or {}).get("fingerprint")
+    if want and ident.get("fingerprint") and want != ident["fingerprint"]:
+        raise UserError(f"--model {model_dir}: not the model the index was built with ({manifest['model'].get('dir')}); "
+                        "append with that model or build a new index")
+    dataset, total = make_source(images, shards, parquet, bundle.transform, thumb_size)
+    contents = collect(bundle, embed(bundle, dataset, batch_size, num_workers, total), index_captions)
+    if len(contents.vectors) == 0:
+        raise UserError(f"index add: no readable images in the source (skipped: {contents.stats})")
+    return append_contents(index_dir, contents)
+
+
+def _load(model_dir: str | Path):
+    from openalign.models.bundle import load_bundle
+
+    if not Path(model_dir).is_dir():
+        raise UserError(f"--model {model_dir}: not a folder; pass a model directory written by `openalign train`")
+    return load_bundle(model_dir)

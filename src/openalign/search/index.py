@@ -1,0 +1,344 @@
+"""The search index on disk: FAISS vectors + Parquet metadata + a manifest, written atomically.
+
+Layout of an index directory::
+
+    manifest.json      model identity, dim, count, index type and parameters, created/updated
+    index.faiss        image vectors (inner product on L2-normalised embeddings = cosine)
+    embeddings.npy     the same vectors in float16: exact re-ranking, search by id, re-indexing
+    metadata.parquet   id, path, url, caption, width, height, thumb_offset, thumb_size
+    thumbnails.bin     small JPEG thumbnails back to back (served by id: no path ever leaves here)
+    captions.faiss     caption text vectors keyed by image id (only when captions were indexed)
+
+Row ``i`` of the metadata, the FAISS index and ``embeddings.npy`` is image id ``i``.
+
+The index type (exact flat, HNSW or IVF-PQ) is chosen from the collection size and a memory
+budget unless named. A build writes a sibling temp folder and swaps it in with two renames;
+a crash at any point leaves either the old or the new complete index (``load`` also recovers the
+one moment between the renames, when only ``.NAME.old`` exists).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from openalign.errors import UserError
+from openalign.io import atomic_write_text, fsync_dir
+from openalign.registry import Registry
+
+FORMAT = "openalign-index/1"
+MANIFEST, INDEX_FILE, EMBEDDINGS, METADATA = "manifest.json", "index.faiss", "embeddings.npy", "metadata.parquet"
+THUMBNAILS, CAPTIONS = "thumbnails.bin", "captions.faiss"
+META_COLUMNS = ["id", "path", "url", "caption", "width", "height", "thumb_offset", "thumb_size"]
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How to build the vector index. ``index_type='auto'`` picks by size and ``memory_budget_mb``."""
+
+    index_type: str = "auto"  # auto | flat | hnsw | ivfpq
+    memory_budget_mb: float = 4096.0  # RAM the vector index may use when searched
+    flat_max: int = 50_000  # auto: at or below this many vectors, exact search
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 64
+    hnsw_ef_search: int = 128
+    ivf_nlist: int | None = None  # None: about sqrt(n), at least 1 and at most n // 39
+    ivf_nprobe: int = 16
+    pq_m: int | None = None  # sub-quantizers; None: the largest divisor of dim giving >= 8-d pieces
+    pq_nbits: int = 8
+    train_size: int = 50_000  # vectors sampled to train IVF-PQ
+    rerank: int = 4  # approximate search fetches k * rerank candidates, re-scored exactly (1 = off)
+    seed: int = 0
+
+    def resolved(self, n: int, dim: int) -> "IndexParams":
+        """Fill the size-dependent fields (index type, nlist, pq_m) for ``n`` vectors of ``dim``."""
+        p = replace(self, index_type=choose_index_type(n, dim, self)) if self.index_type == "auto" else self
+        if p.index_type not in INDEX_TYPES:
+            raise UserError(f"--index-type: unknown {p.index_type!r}; use one of auto, {', '.join(INDEX_TYPES.names())}")
+        if p.index_type == "ivfpq":
+            nlist = p.ivf_nlist or max(1, min(int(math.sqrt(max(n, 1))), n // 39))
+            p = replace(p, ivf_nlist=nlist, pq_m=p.pq_m or default_pq_m(dim))
+            if dim % p.pq_m:
+                raise UserError(f"--pq-m: {p.pq_m} does not divide the embedding dimension {dim}; pick a divisor")
+        return p
+
+
+def default_pq_m(dim: int) -> int:
+    return max(m for m in range(1, dim + 1) if dim % m == 0 and dim // m >= 8) if dim >= 8 else dim
+
+
+def estimate_bytes(index_type: str, n: int, dim: int, p: IndexParams) -> int:
+    """RAM a searched index of ``n`` vectors needs (the float16 re-rank copy is memory-mapped, not counted)."""
+    if index_type == "flat":
+        return n * dim * 4
+    if index_type == "hnsw":
+        return n * (dim * 4 + p.hnsw_m * 2 * 4 + 16)
+    nlist = p.ivf_nlist or max(1, int(math.sqrt(max(n, 1))))
+    code = (p.pq_m or default_pq_m(dim)) * p.pq_nbits // 8
+    return n * (code + 8) + nlist * dim * 4 + 256 * dim * 4
+
+
+def choose_index_type(n: int, dim: int, p: IndexParams) -> str:
+    """Exact for small collections; otherwise HNSW if it fits the budget, else IVF-PQ."""
+    budget = p.memory_budget_mb * 2**20
+    if n <= p.flat_max and estimate_bytes("flat", n, dim, p) <= budget:
+        return "flat"
+    for kind in ("hnsw", "ivfpq"):
+        if estimate_bytes(kind, n, dim, p) <= budget:
+            return kind
+    need = estimate_bytes("ivfpq", n, dim, p) / 2**20
+    raise UserError(f"--memory-budget-mb: {n} vectors of dim {dim} need at least {need:.0f} MB even as IVF-PQ; "
+                    "raise the budget or lower --pq-m")
+
+
+# -- index types: name -> factory(dim, vectors, params) -> trained, empty faiss index ----------
+INDEX_TYPES: Registry[Callable[[int, np.ndarray, IndexParams], Any]] = Registry("index type")
+
+
+@INDEX_TYPES.register("flat")
+def _make_flat(dim: int, train: np.ndarray, p: IndexParams):
+    import faiss
+
+    return faiss.IndexFlatIP(dim)
+
+
+@INDEX_TYPES.register("hnsw")
+def _make_hnsw(dim: int, train: np.ndarray, p: IndexParams):
+    import faiss
+
+    index = faiss.IndexHNSWFlat(dim, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = p.hnsw_ef_construction
+    return index
+
+
+@INDEX_TYPES.register("ivfpq")
+def _make_ivfpq(dim: int, train: np.ndarray, p: IndexParams):
+    import faiss
+
+    if len(train) < 2**p.pq_nbits:
+        raise UserError(f"--index-type ivfpq: needs at least {2**p.pq_nbits} images to train, got {len(train)}; "
+                        "use --index-type flat for small collections")
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, p.ivf_nlist, p.pq_m, p.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10
+    rng = np.random.default_rng(p.seed)
+    sample = train if len(train) <= p.train_size else train[rng.choice(len(train), p.train_size, replace=False)]
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index
+
+
+def apply_search_params(index: Any, p: IndexParams) -> None:
+    """Set query-time knobs (efSearch, nprobe) on a loaded index."""
+    import faiss
+
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = p.hnsw_ef_search
+    ivf = faiss.try_extract_index_ivf(index) if not isinstance(index, (faiss.IndexFlat, faiss.IndexHNSW)) else None
+    if ivf is not None:
+        ivf.nprobe = p.ivf_nprobe
+
+
+def make_vector_index(vectors: np.ndarray, p: IndexParams) -> Any:
+    """Train (if needed) and fill a FAISS index of the resolved type with ``vectors`` (N, D)."""
+    index = INDEX_TYPES.get(p.index_type)(vectors.shape[1], vectors, p)
+    add_in_chunks(index, vectors)
+    apply_search_params(index, p)
+    return index
+
+
+def add_in_chunks(index: Any, vectors: np.ndarray, chunk: int = 65_536) -> None:
+    for i in range(0, len(vectors), chunk):
+        index.add(np.ascontiguousarray(vectors[i : i + chunk], dtype=np.float32))
+
+
+@dataclass
+class IndexContents:
+    """Everything that goes into an index directory, in memory (thumbnails as one byte string)."""
+
+    vectors: np.ndarray  # (N, D) float32, L2-normalised
+    metadata: pd.DataFrame  # META_COLUMNS, id == row number
+    model: dict[str, Any]  # {"name", "dir", "dim", ...}: how to load the query encoder
+    params: IndexParams = field(default_factory=IndexParams)
+    thumbnails: bytes = b""
+    caption_vectors: np.ndarray | None = None  # (C, D) for the rows whose caption is set
+    caption_ids: np.ndarray | None = None  # (C,) image ids of those rows
+    stats: dict[str, int] = field(default_factory=dict)  # skipped counts etc.
+
+
+def normalise_metadata(meta: pd.DataFrame | list[dict], start_id: int = 0) -> pd.DataFrame:
+    """Fill missing columns with nulls, set ``id`` = start_id + row number, fix dtypes."""
+    df = pd.DataFrame(meta).reset_index(drop=True)
+    for col in META_COLUMNS:
+        if col not in df:
+            df[col] = -1 if col in ("width", "height", "thumb_offset", "thumb_size") else None
+    df["id"] = np.arange(start_id, start_id + len(df), dtype=np.int64)
+    for col in ("width", "height", "thumb_offset", "thumb_size"):
+        df[col] = df[col].fillna(-1).astype(np.int64)
+    for col in ("path", "url", "caption"):
+        df[col] = df[col].astype(object).where(df[col].notna(), None)
+    return df[META_COLUMNS]
+
+
+def write_index(out: str | Path, contents: IndexContents, created: str | None = None, vector_index: Any = None,
+                _before_swap: Callable[[Path], None] | None = None) -> dict:
+    """Write ``contents`` as an index directory at ``out``, atomically replacing any previous one.
+
+    ``vector_index``: an already filled FAISS index for ``contents.vectors`` (``index add`` passes
+    the old one with the new vectors added, so nothing is retrained); None builds one.
+    """
+    out = Path(out)
+    vectors = np.asarray(contents.vectors, dtype=np.float32)
+    n, dim = vectors.shape if vectors.ndim == 2 else (0, 0)
+    if n == 0:
+        raise UserError(f"{out}: no images to index (every source item was skipped: {contents.stats}); "
+                        "check the --images/--shards/--parquet input")
+    if len(contents.metadata) != n:
+        raise ValueError(f"metadata has {len(contents.metadata)} rows for {n} vectors")
+    params = contents.params.resolved(n, dim)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
+    try:
+        manifest = _write_files(tmp, vectors, contents, params, created, vector_index)
+        if _before_swap is not None:
+            _before_swap(tmp)  # tests simulate a crash here
+        swap_in(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _write_files(tmp: Path, vectors: np.ndarray, c: IndexContents, p: IndexParams, created: str | None,
+                 vector_index: Any) -> dict:
+    import faiss
+
+    index = vector_index if vector_index is not None else make_vector_index(vectors, p)
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    np.save(tmp / EMBEDDINGS, vectors.astype(np.float16))
+    c.metadata.to_parquet(tmp / METADATA, index=False)
+    (tmp / THUMBNAILS).write_bytes(c.thumbnails)
+    has_captions = c.caption_vectors is not None and len(c.caption_vectors) > 0
+    if has_captions:
+        cap = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+        cap.add_with_ids(np.ascontiguousarray(c.caption_vectors, dtype=np.float32), c.caption_ids.astype(np.int64))
+        faiss.write_index(cap, str(tmp / CAPTIONS))
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    manifest = {
+        "format": FORMAT,
+        "model": c.model,
+        "dim": int(vectors.shape[1]),
+        "count": int(len(vectors)),
+        "index_type": p.index_type,
+        "index_params": asdict(p),
+        "metric": "inner_product (cosine on L2-normalised vectors)",
+        "captions_indexed": bool(has_captions),
+        "caption_count": int(len(c.caption_vectors)) if has_captions else 0,
+        "created": created or now,
+        "updated": now,
+        "stats": c.stats,
+    }
+    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    return manifest
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the complete folder ``tmp`` (two renames; see :func:`resolve_index_dir`)."""
+    old = out.with_name(f".{out.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        if not (out / MANIFEST).is_file() and any(out.iterdir()):
+            raise UserError(f"--out {out}: exists and is not an openalign index; pick an empty or new folder")
+        out.rename(old)
+    tmp.rename(out)
+    fsync_dir(out.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_index_dir(path: str | Path) -> Path:
+    """The index folder to read: ``path``, or its ``.old`` copy if a swap was interrupted midway."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and (old / MANIFEST).is_file():
+        return old
+    raise UserError(f"--index {path}: no {MANIFEST}; build an index with `openalign index build --out {path}`")
+
+
+def read_manifest(path: str | Path) -> dict:
+    d = resolve_index_dir(path)
+    manifest = json.loads((d / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{d / MANIFEST}: format {manifest.get('format')!r} is not {FORMAT!r}; rebuild the index")
+    return manifest
+
+
+def read_contents(path: str | Path) -> IndexContents:
+    """Load an index directory back into memory (used by ``index add`` to append)."""
+    import faiss
+
+    d = resolve_index_dir(path)
+    m = read_manifest(d)
+    cap_vecs = cap_ids = None
+    if m.get("captions_indexed"):
+        cap = faiss.read_index(str(d / CAPTIONS))
+        cap_ids = faiss.vector_to_array(cap.id_map).astype(np.int64)
+        cap_vecs = faiss.rev_swig_ptr(faiss.downcast_index(cap.index).get_xb(), cap.ntotal * m["dim"]).reshape(-1, m["dim"]).copy()
+    fields = {k: v for k, v in m["index_params"].items() if k in IndexParams.__dataclass_fields__}
+    return IndexContents(
+        vectors=np.load(d / EMBEDDINGS).astype(np.float32),
+        metadata=pd.read_parquet(d / METADATA),
+        model=m["model"],
+        params=IndexParams(**fields),
+        thumbnails=(d / THUMBNAILS).read_bytes() if (d / THUMBNAILS).is_file() else b"",
+        caption_vectors=cap_vecs,
+        caption_ids=cap_ids,
+        stats=dict(m.get("stats", {})),
+    )
+
+
+def append_contents(path: str | Path, new: IndexContents,
+                    _before_swap: Callable[[Path], None] | None = None) -> dict:
+    """Append ``new`` (ids from 0) to the index at ``path`` without retraining its vector index."""
+    import faiss
+
+    d = resolve_index_dir(path)
+    m = read_manifest(d)
+    if new.vectors.shape[1] != m["dim"]:
+        raise UserError(f"--model: embeddings have dim {new.vectors.shape[1]} but {d / MANIFEST} says dim {m['dim']}; "
+                        "append with the model the index was built with")
+    old = read_contents(d)
+    n0, off = len(old.vectors), len(old.thumbnails)
+    meta = new.metadata.copy()
+    meta["thumb_offset"] = np.where(meta["thumb_offset"] >= 0, meta["thumb_offset"] + off, -1)
+    merged = IndexContents(
+        vectors=np.concatenate([old.vectors, new.vectors.astype(np.float32)]),
+        metadata=normalise_metadata(pd.concat([old.metadata, meta], ignore_index=True)),
+        model=old.model, params=old.params, thumbnails=old.thumbnails + new.thumbnails,
+        caption_vectors=_concat_opt(old.caption_vectors, new.caption_vectors),
+        caption_ids=_concat_opt(old.caption_ids, None if new.caption_ids is None else new.caption_ids + n0),
+        stats={k: old.stats.get(k, 0) + new.stats.get(k, 0) for k in set(old.stats) | set(new.stats)},
+    )
+    index = faiss.read_index(str(d / INDEX_FILE))
+    add_in_chunks(index, new.vectors)
+    return write_index(path, merged, created=m.get("created"), vector_index=index, _before_swap=_before_swap)
+
+
+def _concat_opt(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    parts = [x for x in (a, b) if x is not None and len(x)]
+    return np.concatenate(parts) if parts else None

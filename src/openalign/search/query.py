@@ -1,0 +1,250 @@
+"""Queries over an index: the one module behind the CLI, the HTTP API and Python use.
+
+text -> images, image -> images, image (uploaded or an indexed id) + weighted text terms, and
+image -> captions when captions were indexed. A composed query is the L2-normalised sum of
+L2-normalised embeddings, each times its weight (the paper's ``image + "beige" - "black"``)::
+
+    q = normalise( sum_i w_i * normalise(e_i) )
+
+>>> s = Searcher.open("index/")
+>>> s.search(Query(text="a red circle"), k=5)
+>>> s.search(Query(image_id=3, terms=(Term("blue", 1.0), Term("red", -1.0))))
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from openalign.errors import UserError
+from openalign.search.index import (CAPTIONS, EMBEDDINGS, INDEX_FILE, METADATA, THUMBNAILS, IndexParams,
+                                    apply_search_params, read_manifest, resolve_index_dir)
+
+
+class Encoder(Protocol):
+    """What queries need from a model (``openalign.models.bundle.ModelBundle`` is one)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> Any: ...  # (N, D) L2-normalised
+
+    def encode_images(self, images: Sequence[Image.Image]) -> Any: ...  # (N, D) L2-normalised
+
+
+class UnknownId(UserError, KeyError):
+    """An image id that is not in the index (the API answers 404)."""
+
+
+@dataclass(frozen=True)
+class Term:
+    """A text modifier: ``Term("beige", 1.0)`` adds, ``Term("black", -1.0)`` subtracts."""
+
+    text: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str | None = None
+    image: Image.Image | None = field(default=None, compare=False)
+    image_id: int | None = None
+    terms: tuple[Term, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+    path: str | None
+    url: str | None
+    caption: str | None
+    width: int
+    height: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def normalise(v: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """L2-normalise the last axis."""
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), eps)
+
+
+def compose(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """normalise(sum_i w_i * normalise(v_i)) for (D,) vectors; a UserError if they cancel out."""
+    if not vectors:
+        raise UserError("query: empty; give a text, an image or an image id")
+    total = sum(float(w) * normalise(v) for v, w in zip(vectors, weights))
+    if float(np.linalg.norm(total)) < 1e-6:
+        raise UserError("query: the terms cancel out (their weighted sum is zero); change a term or its weight")
+    return normalise(total)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+class SearchIndex:
+    """A loaded index directory: FAISS vectors, metadata, float16 vectors (mmap), thumbnails (mmap)."""
+
+    def __init__(self, path: str | Path, params: IndexParams | None = None) -> None:
+        import faiss
+
+        self.dir = resolve_index_dir(path)
+        self.manifest = read_manifest(self.dir)
+        fields = {k: v for k, v in self.manifest["index_params"].items() if k in IndexParams.__dataclass_fields__}
+        self.params = params or IndexParams(**fields)
+        self.index = faiss.read_index(str(self.dir / INDEX_FILE))
+        apply_search_params(self.index, self.params)
+        self.embeddings = np.load(self.dir / EMBEDDINGS, mmap_mode="r")  # (N, D) float16
+        self.meta = pd.read_parquet(self.dir / METADATA)
+        self._thumbs = _map_file(self.dir / THUMBNAILS)
+        self.captions = faiss.read_index(str(self.dir / CAPTIONS)) if self.manifest.get("captions_indexed") else None
+        if not (len(self.meta) == self.index.ntotal == len(self.embeddings) == self.manifest["count"]):
+            raise UserError(f"{self.dir}: {METADATA}, {INDEX_FILE} and {EMBEDDINGS} disagree on the image count; "
+                            "rebuild the index with `openalign index build`")
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def exact(self) -> bool:
+        return self.manifest["index_type"] == "flat"
+
+    def search_vectors(self, q: np.ndarray, k: int, rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) queries -> (scores, ids), each (Q, min(k, N)), best first.
+
+        Approximate indexes fetch ``k * rerank`` candidates and re-score them with the stored vectors.
+        """
+        q = np.ascontiguousarray(normalise(np.atleast_2d(q)), dtype=np.float32)
+        k = max(1, min(int(k), self.count))
+        factor = self.params.rerank if rerank is None else rerank
+        if self.exact or factor <= 1:
+            return self.index.search(q, k)
+        _, cand = self.index.search(q, min(k * factor, self.count))
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(q), k), -1, dtype=np.int64)
+        for r in range(len(q)):
+            c = np.sort(cand[r][cand[r] >= 0])  # sorted ids: sequential reads of the mmap
+            s = self.embeddings[c].astype(np.float32) @ q[r]
+            top = np.argsort(-s, kind="stable")[:k]
+            scores[r, : len(top)], ids[r, : len(top)] = s[top], c[top]
+        return scores, ids
+
+    def vector(self, image_id: int) -> np.ndarray:
+        self._check(image_id)
+        return normalise(self.embeddings[image_id].astype(np.float32))
+
+    def record(self, image_id: int) -> dict[str, Any]:
+        self._check(image_id)
+        row = self.meta.iloc[image_id]
+        return {c: _plain(row[c]) for c in self.meta.columns}
+
+    def hit(self, image_id: int, score: float) -> Hit:
+        r = self.record(image_id)
+        return Hit(id=int(image_id), score=float(score), path=r["path"], url=r["url"], caption=r["caption"],
+                   width=int(r["width"]), height=int(r["height"]))
+
+    def thumbnail(self, image_id: int) -> bytes | None:
+        """The stored JPEG thumbnail of ``image_id``, or None if none was stored."""
+        r = self.record(image_id)
+        if r["thumb_offset"] < 0 or self._thumbs is None:
+            return None
+        return bytes(self._thumbs[r["thumb_offset"] : r["thumb_offset"] + r["thumb_size"]])
+
+    def _check(self, image_id: int) -> None:
+        if not (isinstance(image_id, (int, np.integer)) and 0 <= image_id < self.count):
+            raise UnknownId(f"image id {image_id!r}: not in the index (ids are 0..{self.count - 1})")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.integer):
+        return int(v)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v
+
+
+def _map_file(path: Path) -> mmap.mmap | None:
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as fh:
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+class Searcher:
+    """Queries against one index with one encoder (loaded from the manifest's model dir if not given)."""
+
+    def __init__(self, index: SearchIndex, encoder: Encoder | None = None) -> None:
+        self.index = index
+        self.encoder = encoder if encoder is not None else _load_encoder(index)
+        if int(self.encoder.dim) != index.dim:
+            raise UserError(f"model: embedding dim {self.encoder.dim} but the index at {index.dir} has dim {index.dim}; "
+                            "query with the model the index was built with")
+
+    @classmethod
+    def open(cls, path: str | Path, encoder: Encoder | None = None, params: IndexParams | None = None) -> "Searcher":
+        return cls(SearchIndex(path, params), encoder)
+
+    def embed(self, q: Query) -> np.ndarray:
+        """The query's (D,) vector: normalise(sum of weighted, normalised parts)."""
+        vectors: list[np.ndarray] = []
+        weights: list[float] = []
+        if q.image is not None:
+            vectors.append(_as_numpy(self.encoder.encode_images([q.image]))[0])
+            weights.append(1.0)
+        if q.image_id is not None:
+            vectors.append(self.index.vector(q.image_id))
+            weights.append(1.0)
+        texts = ([q.text] if q.text and q.text.strip() else []) + [t.text for t in q.terms if t.weight != 0]
+        tw = ([1.0] if q.text and q.text.strip() else []) + [float(t.weight) for t in q.terms if t.weight != 0]
+        if any(not t.strip() for t in texts):
+            raise UserError("query terms: a term is empty; give each + / - term some text")
+        if any(not math.isfinite(w) for w in tw):
+            raise UserError("query terms: a weight is not a finite number")
+        if texts:
+            vectors.extend(_as_numpy(self.encoder.encode_texts(texts)))
+            weights.extend(tw)
+        return compose(vectors, weights)
+
+    def search(self, q: Query, k: int = 10) -> list[Hit]:
+        scores, ids = self.index.search_vectors(self.embed(q)[None], k)
+        return [self.index.hit(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+
+    def captions(self, q: Query, k: int = 5) -> list[Hit]:
+        """Indexed captions nearest to the query (typically an image): image -> text retrieval."""
+        if self.index.captions is None:
+            raise UserError(f"{self.index.dir}: no captions were indexed; build from sources with captions")
+        v = self.embed(q)[None].astype(np.float32)
+        scores, ids = self.index.captions.search(v, max(1, min(int(k), self.index.captions.ntotal)))
+        return [self.index.hit(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+
+
+def _load_encoder(index: SearchIndex) -> Encoder:
+    model_dir = (index.manifest.get("model") or {}).get("dir")
+    if not model_dir:
+        raise UserError(f"{index.dir / 'manifest.json'}: model.dir is not set (index built from raw vectors); "
+                        "pass an encoder, or --model DIR")
+    if not Path(model_dir).is_dir():
+        raise UserError(f"{index.dir / 'manifest.json'}: model.dir {model_dir} does not exist; "
+                        "pass --model DIR with the model the index was built with")
+    from openalign.models.bundle import load_bundle
+
+    return load_bundle(model_dir)
+
+
+__all__ = ["Encoder", "Hit", "Query", "SearchIndex", "Searcher", "Term", "UnknownId", "compose", "normalise"]
