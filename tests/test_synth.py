@@ -67,6 +67,7 @@ def test_noise_rate_and_kinds(corpus):
         elif m["noise"] == "swap":
             a, b = m["attributes"], m["caption_attributes"]
             assert (a["colour"], a["shape"]) != (b["colour"], b["shape"])
+            assert m["caption"] == metas[m["swapped_with"]]["clean_caption"]  # literally the other's caption
 
 
 def test_noise_plan_close_to_rate_for_any_size():

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
                                workers=args.workers, progress=bar.update)
     noise = ", ".join(f"{k} {v}" for k, v in info.noise_counts.items())
     print(f"train:   {info.num_train} images ({noise}) -> {info.shards}")
-    print(f"heldout: {info.num_heldout} images, 5 captions each -> {info.heldout_json} (images {info.heldout_image_root})")
+    print(f"heldout: {info.num_heldout} images, 5 captions each -> {info.heldout_json}")
+    print(f"         images under {info.heldout_image_root}")
     print(f"stats:   {info.root / 'stats.json'}")
     return 0

@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shards", help="WebDataset shards, brace pattern (dir/{00000..00009}.tar); reads KEY.txt")
     src.add_argument("--parquet", help="Parquet table of alt-texts (our pairs table or cc2dataset output)")
-    p.add_argument("--text-column", default=None, help="text column of --parquet (default: text, else cc2dataset's alt)")
+    p.add_argument("--text-column", default=None,
+                   help="text column of --parquet (default: text, else cc2dataset's alt)")
     p.add_argument("--out", required=True, help="output directory (loads with transformers.AutoTokenizer)")
     p.add_argument("--vocab-size", type=int, default=100_000, help="vocabulary size (paper: 100k)")
     p.add_argument("--min-frequency", type=int, default=2, help="minimum count of a merged token")

@@ -118,7 +118,8 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, rot: float) -> lis
                 (r if k % 2 == 0 else 0.42 * r) * math.sin(-math.pi / 2 + k * math.pi / 5)) for k in range(10)]
     elif shape == "cross":
         a, b = 0.32 * r, r
-        pts = [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+        pts = [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a),
+               (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
     elif shape == "heart":
         ts = [2 * math.pi * k / 40 for k in range(40)]
         pts = [(r * 16 * math.sin(t) ** 3 / 17, -r * (13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t)
@@ -301,7 +302,8 @@ def junk_caption(rng: random.Random) -> str:
     if r == 2:
         return f"thumbnail {rng.choice([100, 150, 300, 640])}x{rng.choice([75, 100, 200, 480])}"
     if r == 3:
-        return f"Screen Shot 20{rng.randint(10, 23)}-0{rng.randint(1, 9)}-{rng.randint(10, 28)} at {rng.randint(1, 12)}.{rng.randint(10, 59)}.{rng.randint(10, 59)} PM"
+        day = f"20{rng.randint(10, 23)}-0{rng.randint(1, 9)}-{rng.randint(10, 28)}"
+        return f"Screen Shot {day} at {rng.randint(1, 12)}.{rng.randint(10, 59)}.{rng.randint(10, 59)} PM"
     if r == 4:
         return f"product image {rng.randint(1, 9)}"
     return rng.choice(JUNK)
@@ -349,7 +351,10 @@ def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: 
         caption = junk_caption(rng)
     elif noise == "swap":
         other, other_attrs = _unrelated(index, seed, num_train, attrs, combos, rng)
-        caption, meta["swapped_with"], meta["caption_attributes"] = make_caption(other_attrs, rng), other, other_attrs
+        # the other image's own clean caption: its caption RNG's first draw, recomputed here
+        cap_rng = _rng(seed, "train", other, "caption") if other >= 0 else rng
+        caption = make_caption(other_attrs, cap_rng)
+        meta["swapped_with"], meta["caption_attributes"] = other, other_attrs
     elif noise == "wrong_attr":
         bad, name = wrong_attrs(attrs, rng, set(combos))
         caption, meta["wrong_attribute"], meta["caption_attributes"] = make_caption(bad, rng, force=name), name, bad
@@ -562,7 +567,9 @@ def write_classification_split(out: str | Path, attribute: str = "colour", n_per
     root = Path(out)
     classes = sorted(ATTRIBUTES[attribute])  # ImageFolder orders classes by sorted folder name
     for cls in classes:
-        allowed = [p for p in pool if attribute not in ("colour", "shape") or p[("colour", "shape").index(attribute)] == cls] or pool
+        # a colour (shape) class draws only the pool's pairs with that colour (shape)
+        allowed = [p for p in pool if attribute not in ("colour", "shape")
+                   or p[("colour", "shape").index(attribute)] == cls] or pool
         (root / cls).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
             rng = _rng(seed, f"cls-{attribute}-{cls}", i, "all")

@@ -23,7 +23,8 @@ def iter_shard_texts(spec: str, counts: Counter | None = None) -> Iterator[str]:
     try:
         urls = expand_urls(spec)
     except ValueError as exc:
-        raise UserError(f"--shards {spec!r}: {exc}; pass a path or brace pattern like dir/{{00000..00009}}.tar") from exc
+        raise UserError(f"--shards {spec!r}: {exc}; "
+                        "pass a path or brace pattern like dir/{00000..00009}.tar") from exc
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
@@ -49,7 +50,8 @@ def resolve_text_column(path: str | Path, column: str | None = None) -> str:
     try:
         names = pq.ParquetFile(path).schema_arrow.names
     except Exception as exc:
-        raise UserError(f"{path}: not a readable Parquet file ({exc.__class__.__name__}); pass a Parquet table") from exc
+        raise UserError(f"{path}: not a readable Parquet file ({exc.__class__.__name__}); "
+                        "pass a Parquet table to --parquet") from exc
     wanted = [column] if column else list(TEXT_COLUMNS)
     for name in wanted:
         if name in names:
