@@ -1,0 +1,153 @@
+"""Text filters: each rule against a plain-Python reference; DuckDB == Spark."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from openalign.data.filter import RULES, TextFilterConfig, filter_pairs, format_stats_table
+from openalign.errors import UserError
+
+SMALL = TextFilterConfig(max_images_per_text=3, max_texts_per_image=4, vocab_top_n=150, min_unigrams=2, max_unigrams=6)
+WORDS = ["cat", "dog", "red", "Blue", "sky", "car", "café", "naïve", "ÜBER", "x2", "42", "tree", "hawk", "sea",
+         "moon", "sun", "road", "hill", "bird", "fish"]
+
+
+def _gen(n: int = 1500, seed: int = 0) -> pd.DataFrame:
+    rng = random.Random(seed)
+    weights = [1 / (i + 1) ** 1.1 for i in range(len(WORDS))]
+    shared = ["a shared caption here", "Click here!", "logo"]
+    rows = []
+    for i in range(n):
+        r = rng.random()
+        url = f"http://img.test/{rng.randrange(n // 2)}.jpg" if r > 0.1 else f"http://hub.test/{rng.randrange(3)}.jpg"
+        if rng.random() < 0.15:
+            text = rng.choice(shared)
+        else:
+            k = rng.randrange(0, 9)
+            seps = [" ", ", ", "-", "  ", "!"]
+            text = "".join(w + rng.choice(seps) for w in rng.choices(WORDS, weights, k=k)).strip()
+        page = rng.choice([None, f"http://page.test/{rng.randrange(5)}"])
+        rows.append((url, text, page))
+    rows += [(None, "no url", None), ("", "empty url", None), ("http://x.test/1.jpg", None, None)]
+    rows += rows[:50]  # exact duplicates
+    rng.shuffle(rows)
+    return pd.DataFrame(rows, columns=["url", "alt", "page_url"])  # cc2dataset naming
+
+
+def _toks(t: str) -> list[str]:
+    return re.findall(r"[^\W_]+", t.lower())
+
+
+def _grams(t: str) -> list[str]:
+    u = _toks(t)
+    return u + [f"{a} {b}" for a, b in zip(u, u[1:])]
+
+
+def reference(df: pd.DataFrame, cfg: TextFilterConfig) -> tuple[set[tuple], dict[str, int]]:
+    """The rules written the obvious way in plain Python."""
+    valid = [(u, t, p) for u, t, p in df.itertuples(index=False) if u and t is not None]
+    pages: dict[tuple[str, str], str | None] = {}
+    for u, t, p in valid:
+        old = pages.get((u, t), "\uffff")
+        pages[(u, t)] = min((x for x in (old, p) if x is not None), default=None) if (u, t) in pages else p
+    pages = {k: (None if v == "\uffff" else v) for k, v in pages.items()}
+    counts = Counter()
+    for _, t, _ in valid:
+        counts.update(_grams(t))
+    vocab = set(sorted(counts, key=lambda g: (-counts[g], g))[: cfg.vocab_top_n])
+    imgs_per_text = Counter(t for _, t in pages)
+    texts_per_img = Counter(u for u, _ in pages)
+    removed = Counter({"invalid": len(df) - len(valid), "duplicate": len(valid) - len(pages)})
+    kept = set()
+    for (u, t), p in pages.items():
+        if imgs_per_text[t] > cfg.max_images_per_text:
+            removed["text_shared"] += 1
+        elif texts_per_img[u] > cfg.max_texts_per_image:
+            removed["image_many_texts"] += 1
+        elif any(g not in vocab for g in _grams(t)):
+            removed["rare_token"] += 1
+        elif not cfg.min_unigrams <= len(_toks(t)) <= cfg.max_unigrams:
+            removed["length"] += 1
+        else:
+            kept.add((u, t, p))
+    return kept, {r: removed[r] for r in RULES}
+
+
+def _out(path: Path) -> set[tuple]:
+    return set(map(tuple, pd.read_parquet(path).itertuples(index=False)))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("filter") / "cand.parquet"
+    _gen().to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("cfg", [SMALL, TextFilterConfig(), TextFilterConfig(vocab_top_n=40, min_unigrams=1)])
+def test_duckdb_matches_reference(data: Path, tmp_path: Path, cfg: TextFilterConfig) -> None:
+    stats = filter_pairs(data, tmp_path / "pairs.parquet", cfg)
+    kept, removed = reference(pd.read_parquet(data), cfg)
+    assert _out(tmp_path / "pairs.parquet") == kept
+    assert stats.removed == removed and stats.kept == len(kept)
+    assert json.loads((tmp_path / "filter_stats.json").read_text())["removed"] == removed
+    if cfg == SMALL:
+        assert all(n > 0 for n in removed.values()), removed  # the generated data exercises every rule
+
+
+def test_stats_table_lists_rules_in_order(data: Path, tmp_path: Path) -> None:
+    stats = filter_pairs(data, tmp_path / "pairs.parquet", SMALL)
+    table = format_stats_table(stats)
+    positions = [table.index(r) for r in RULES]
+    assert positions == sorted(positions) and f"{stats.kept:,}" in table.splitlines()[-1]
+
+
+def test_output_sorted_and_typed(data: Path, tmp_path: Path) -> None:
+    filter_pairs(data, tmp_path / "p.parquet", SMALL)
+    df = pd.read_parquet(tmp_path / "p.parquet")
+    assert list(df.columns) == ["url", "text", "page_url"]
+    assert list(zip(df.url, df.text)) == sorted(zip(df.url, df.text))
+
+
+def test_missing_column_is_user_error(tmp_path: Path) -> None:
+    pd.DataFrame({"url": ["http://a"], "title": ["x"]}).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(UserError) as e:
+        filter_pairs(tmp_path / "t.parquet", tmp_path / "o.parquet")
+    assert "t.parquet" in str(e.value) and "'text'" in str(e.value) and "--text-column" in str(e.value)
+    with pytest.raises(UserError, match="nope.parquet"):
+        filter_pairs(tmp_path / "nope.parquet", tmp_path / "o.parquet")
+    with pytest.raises(UserError, match="engine"):
+        filter_pairs(tmp_path / "t.parquet", tmp_path / "o.parquet", engine="polars", text_column="title")
+
+
+@pytest.fixture(scope="module")
+def spark():
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None:
+        pytest.skip("java not installed")
+    from openalign.data.filter import spark_session
+
+    session = spark_session("local[1]")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.mark.spark
+def test_spark_matches_duckdb(data: Path, tmp_path: Path, spark) -> None:
+    d = filter_pairs(data, tmp_path / "duck.parquet", SMALL)
+    s = filter_pairs(data, tmp_path / "spark.parquet", SMALL, engine="spark", spark=spark,
+                     stats_path=tmp_path / "spark_stats.json")
+    duck = pd.read_parquet(tmp_path / "duck.parquet")
+    sp = pd.read_parquet(tmp_path / "spark.parquet")
+    assert (tmp_path / "spark.parquet").is_dir()
+    pd.testing.assert_frame_equal(duck.reset_index(drop=True), sp.reset_index(drop=True))
+    assert d.removed == s.removed and d.kept == s.kept and d.vocab_size == s.vocab_size
