@@ -82,3 +82,30 @@ def save_tiny_model(out: Path, seed: int = 0) -> Path:
     model = DualEncoder.from_preset("tiny", vocab_size=len(tok), seed=seed)
     model.save_pretrained(out / "model", tokenizer=tok)
     return out / "model"
+
+
+def class_index(text: str) -> int:
+    """'a photo of a class3 thing.' -> 3 (the PerfectBundle's reading of prompts)."""
+    import re
+
+    return int(re.search(r"class(\d+)", text).group(1))
+
+
+def write_image_folder(root: Path, n_classes: int = 4, per_class: int = 3, corrupt: int = 0) -> Path:
+    """root/class<c>/<i>.png whose encoded index is the class (so a PerfectBundle classifies perfectly)."""
+    for c in range(n_classes):
+        for i in range(per_class):
+            write_image(root / f"class{c}" / f"{i}.png", c)
+    for i in range(corrupt):
+        write_corrupt(root / "class0" / f"bad{i}.jpg")
+    return root
+
+
+def write_csv(root: Path, n_classes: int = 4, per_class: int = 3, numeric: bool = False) -> Path:
+    lines = ["path,label"]
+    for c in range(n_classes):
+        for i in range(per_class):
+            write_image(root / "imgs" / f"{c}_{i}.png", c)
+            lines.append(f"imgs/{c}_{i}.png,{c if numeric else f'class{c}'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"

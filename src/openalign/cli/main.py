@@ -12,10 +12,11 @@ import sys
 
 # group name -> modules registering subcommands in it; "" = top level
 COMMANDS: dict[str, list[str]] = {
-    "": ["openalign.cli.train", "openalign.cli.demo"],
+    "": ["openalign.cli.train", "openalign.cli.demo", "openalign.cli.search", "openalign.cli.serve"],
     "data": ["openalign.cli.data_synth"],
     "tokenizer": ["openalign.cli.tokenizer"],
-    "eval": ["openalign.cli.eval_retrieval"],
+    "eval": ["openalign.cli.eval_retrieval", "openalign.cli.eval_classify", "openalign.cli.eval_suite"],
+    "index": ["openalign.cli.index"],
 }
 GROUP_HELP = {
     "data": "build and inspect training data",

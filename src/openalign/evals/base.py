@@ -66,7 +66,7 @@ def register_evaluator(kind: str, config_cls: type) -> Callable:
     return deco
 
 
-BUILTIN_MODULES = ("openalign.evals.retrieval",)
+BUILTIN_MODULES = ("openalign.evals.retrieval", "openalign.evals.classification")
 
 
 def _load_builtin() -> None:
