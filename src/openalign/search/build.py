@@ -84,12 +84,12 @@ def model_identity(bundle: Any) -> dict[str, Any]:
     return ident
 
 
-def build_index(out: str | Path, model_dir: str | Path, images: str | None = None, shards: str | None = None,
+def build_index(out: str | Path, model_dir: str | Path | None, images: str | None = None, shards: str | None = None,
                 parquet: str | None = None, params: IndexParams = IndexParams(), batch_size: int = 32,
                 num_workers: int = 2, thumb_size: int = 192, index_captions: bool = True,
-                embed: Callable[..., Iterator[dict[str, Any]]] = embed_batches) -> dict:
-    """Embed one source with the model at ``model_dir`` and write a new index at ``out`` (atomically)."""
-    bundle = _load(model_dir)
+                embed: Callable[..., Iterator[dict[str, Any]]] = embed_batches, encoder: Any = None) -> dict:
+    """Embed one source with the model at ``model_dir`` (or a ready ``encoder``) and write a new index at ``out``."""
+    bundle = encoder if encoder is not None else _load(model_dir)
     dataset, total = make_source(images, shards, parquet, bundle.transform, thumb_size)
     contents = collect(bundle, embed(bundle, dataset, batch_size, num_workers, total), index_captions)
     contents.params = params
@@ -99,13 +99,13 @@ def build_index(out: str | Path, model_dir: str | Path, images: str | None = Non
 def add_to_index(index_dir: str | Path, model_dir: str | Path | None = None, images: str | None = None,
                  shards: str | None = None, parquet: str | None = None, batch_size: int = 32, num_workers: int = 2,
                  thumb_size: int = 192, index_captions: bool = True,
-                 embed: Callable[..., Iterator[dict[str, Any]]] = embed_batches) -> dict:
+                 embed: Callable[..., Iterator[dict[str, Any]]] = embed_batches, encoder: Any = None) -> dict:
     """Embed one more source and append it to the index at ``index_dir`` (the vector index is not retrained)."""
     manifest = read_manifest(index_dir)
     model_dir = model_dir or (manifest.get("model") or {}).get("dir")
-    if not model_dir:
+    if not model_dir and encoder is None:
         raise UserError(f"{index_dir}/manifest.json: model.dir is not set; pass --model DIR")
-    bundle = _load(model_dir)
+    bundle = encoder if encoder is not None else _load(model_dir)
     ident = model_identity(bundle)
     want = (manifest.get("model") or {}).get("fingerprint")
     if want and ident.get("fingerprint") and want != ident["fingerprint"]:

@@ -47,7 +47,7 @@ class IndexParams:
     """How to build the vector index. ``index_type='auto'`` picks by size and ``memory_budget_mb``."""
 
     index_type: str = "auto"  # auto | flat | hnsw | ivfpq
-    memory_budget_mb: float = 4096.0  # RAM the vector index may use when searched
+    memory_budget_mb: float = 2048.0  # RAM the vector index may use when searched
     flat_max: int = 50_000  # auto: at or below this many vectors, exact search
     hnsw_m: int = 32
     hnsw_ef_construction: int = 64
@@ -57,7 +57,7 @@ class IndexParams:
     pq_m: int | None = None  # sub-quantizers; None: the largest divisor of dim giving >= 8-d pieces
     pq_nbits: int = 8
     train_size: int = 50_000  # vectors sampled to train IVF-PQ
-    rerank: int = 4  # approximate search fetches k * rerank candidates, re-scored exactly (1 = off)
+    rerank: int = 10  # approximate search fetches k * rerank candidates, re-scored exactly (1 = off)
     seed: int = 0
 
     def resolved(self, n: int, dim: int) -> "IndexParams":
@@ -342,3 +342,14 @@ def append_contents(path: str | Path, new: IndexContents,
 def _concat_opt(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     parts = [x for x in (a, b) if x is not None and len(x)]
     return np.concatenate(parts) if parts else None
+
+
+def knn_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Recall@k of an approximate search: mean share of the exact top-k found in the approximate top-k.
+
+    ``exact_ids`` typically come from :func:`openalign.evals.metrics.topk_indices` on exact scores.
+    """
+    approx_ids, exact_ids = np.asarray(approx_ids), np.asarray(exact_ids)
+    k = exact_ids.shape[1]
+    hits = [len(set(a[:k].tolist()) & set(e.tolist())) for a, e in zip(approx_ids, exact_ids)]
+    return float(np.mean(hits) / k)
