@@ -15,7 +15,7 @@ COMMANDS: dict[str, list[str]] = {
     "": ["openalign.cli.train", "openalign.cli.demo", "openalign.cli.search", "openalign.cli.serve"],
     "data": ["openalign.cli.data_synth"],
     "tokenizer": ["openalign.cli.tokenizer"],
-    "eval": ["openalign.cli.eval_retrieval", "openalign.cli.eval_classify", "openalign.cli.eval_suite"],
+    "eval": ["openalign.cli.eval_retrieval"],
     "index": ["openalign.cli.index"],
 }
 GROUP_HELP = {
