@@ -133,5 +133,7 @@ def test_cli_smoke_tiny_model(tmp_path, capsys, monkeypatch) -> None:
     assert res["metrics"]["num_images"] == 7 and res["info"]["skipped_images"] == 1
     assert 0 <= res["metrics"]["mean_recall"] <= 100
     assert (tmp_path / "out" / "retrieval.md").is_file() and (tmp_path / "out" / "retrieval.png").is_file()
+    api = evaluate_retrieval(str(model), kj, tmp_path / "images", workers=0, progress=False)  # the demo's call
+    assert api["mean_recall"] == pytest.approx(res["metrics"]["mean_recall"], abs=1e-4)
     assert main(["eval", "retrieval", "--model", str(tmp_path / "nope"), "--karpathy-json", str(kj),
                  "--image-root", str(tmp_path)]) == 2
