@@ -21,7 +21,8 @@ def _register_zeroshot(subparsers: argparse._SubParsersAction) -> None:
     add_common_args(p)
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--classnames", default=None,
-                   help="class names JSON (CLIP_benchmark layout) or 'imagenet1k' (shipped); default: folder/label names")
+                   help="class names JSON (CLIP_benchmark layout) or 'imagenet1k' (shipped); "
+                   "default: folder/label names")
     p.add_argument("--templates", default="imagenet1k",
                    help="templates JSON, 'imagenet1k' (CLIP's 80, default) or 'none' (one prompt: 'a photo of a {c}.')")
     p.add_argument("--dataset-name", default="imagenet1k", help="key in the class-name/template JSON files")
