@@ -1,0 +1,183 @@
+"""``openalign data build``: extract -> filter -> download -> dedup -> tokenizer, resumable by stage.
+
+Layout of ``out_dir``::
+
+    candidates.parquet  extract_stats.json     (extract)
+    pairs.parquet       filter_stats.json      (filter)
+    raw_shards/         download_stats.json    (download)
+    shards/             dedup_report.json      (dedup; skipped without evaluation images)
+    tokenizer/                                  (WordPiece on the alt-texts of the final shards)
+    build_manifest.json                         (stage -> params, outputs, summary, finished)
+
+A stage whose manifest entry is finished with the same parameters, and whose outputs exist, is
+not redone; when a stage is redone, every later stage is redone too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from openalign.data.dedup import DedupConfig
+from openalign.data.download import DownloadConfig
+from openalign.data.extract import ExtractConfig
+from openalign.data.filter import TextFilterConfig
+from openalign.errors import UserError
+from openalign.io import atomic_write_text
+
+STAGES = ("extract", "filter", "download", "dedup", "tokenizer")
+MANIFEST = "build_manifest.json"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    inputs: tuple[str, ...]
+    out_dir: str
+    eval_images: str | None = None  # folder, Karpathy JSON or shards; None skips dedup
+    eval_image_root: str | None = None
+    engine: str = "duckdb"
+    vocab_size: int = 100_000
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    filter: TextFilterConfig = field(default_factory=TextFilterConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+
+
+def stage_params(cfg: BuildConfig, stage: str) -> dict[str, Any]:
+    inputs = [str(Path(p).resolve()) for p in cfg.inputs]
+    return {
+        "extract": {"inputs": inputs, **asdict(cfg.extract)},
+        "filter": {"engine": cfg.engine, **asdict(cfg.filter)},
+        "download": asdict(cfg.download),
+        "dedup": {"eval_images": cfg.eval_images, "eval_image_root": cfg.eval_image_root, **asdict(cfg.dedup)},
+        "tokenizer": {"vocab_size": cfg.vocab_size},
+    }[stage]
+
+
+def _digest(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Manifest:
+    """The stage manifest: read at start, rewritten atomically after each finished stage."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / MANIFEST
+        try:
+            self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {"stages": {}}
+        except json.JSONDecodeError:
+            raise UserError(f"{self.path}: not valid JSON; delete it to rebuild every stage") from None
+
+    def is_done(self, stage: str, params: dict[str, Any], out_dir: Path) -> bool:
+        entry = self.data["stages"].get(stage)
+        return bool(entry and entry.get("finished") and entry.get("params_digest") == _digest(params)
+                    and all((out_dir / o).exists() for o in entry.get("outputs", [])))
+
+    def finish(self, stage: str, params: dict[str, Any], outputs: list[str], summary: dict[str, Any]) -> None:
+        self.data["stages"][stage] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "params_digest": _digest(params),
+                                      "params": params, "outputs": outputs, "summary": summary}
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))
+
+    def forget_from(self, stage: str) -> None:
+        for s in STAGES[STAGES.index(stage):]:
+            self.data["stages"].pop(s, None)
+
+
+def _bar(desc: str, total: int | None, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{desc:<9}", unit="step", disable=not progress, leave=True)
+
+
+def run_extract(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
+    from openalign.data.extract import extract, list_inputs
+
+    n = len(list_inputs(list(cfg.inputs)))
+    with _bar("extract", n, progress) as bar:
+        stats = extract(list(cfg.inputs), out / "candidates.parquet", cfg.extract, on_file=lambda p: bar.update())
+    return ["candidates.parquet", "extract_stats.json"], stats.to_dict()
+
+
+def run_filter(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
+    from openalign.data.filter import N_STEPS, filter_pairs
+
+    with _bar("filter", N_STEPS, progress) as bar:
+        stats = filter_pairs(out / "candidates.parquet", out / "pairs.parquet", cfg.filter, engine=cfg.engine,
+                             on_step=lambda name: bar.update())
+    return ["pairs.parquet", "filter_stats.json"], {"kept": stats.kept, "removed": stats.removed}
+
+
+def run_download(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
+    from openalign.data.download import download
+
+    with _bar("download", None, progress) as bar:
+        stats = download(out / "pairs.parquet", out / "raw_shards", cfg.download, on_shard=lambda p: bar.update())
+    return ["raw_shards"], {"written": stats.written, "failures": dict(stats.failures)}
+
+
+def run_dedup(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
+    from openalign.data.dedup import dedup_shards
+
+    shards = sorted((out / "raw_shards").glob("*.tar"))
+    if cfg.eval_images is None:
+        return [], {"skipped": "no evaluation images given; training shards are raw_shards/"}
+    with _bar("dedup", len(shards), progress) as bar:
+        report = dedup_shards([str(s) for s in shards], cfg.eval_images, out / "shards", cfg.dedup,
+                              image_root=cfg.eval_image_root, on_shard=lambda u: bar.update())
+    return ["shards", "shards/dedup_report.json"], {"removed": len(report.removed), "kept": report.samples_out}
+
+
+def final_shard_dir(out: Path, cfg: BuildConfig) -> Path:
+    return out / ("shards" if cfg.eval_images is not None else "raw_shards")
+
+
+def shard_texts(folder: Path) -> list[str]:
+    """The alt-texts (KEY.txt) of every shard in ``folder``; broken shards counted out."""
+    from collections import Counter
+
+    from openalign.data.shards import iter_samples
+
+    counts: Counter = Counter()
+    urls = [str(p) for p in sorted(folder.glob("*.tar"))]
+    return [s["txt"].decode("utf-8", "replace") for s in iter_samples(urls, counts) if "txt" in s]
+
+
+def run_tokenizer(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
+    from openalign.models.tokenizer import train_wordpiece
+
+    with _bar("tokenizer", 1, progress) as bar:
+        texts = shard_texts(final_shard_dir(out, cfg))
+        if not texts:
+            raise UserError(f"{final_shard_dir(out, cfg)}: no samples to train the tokenizer on; "
+                            "check download_stats.json for why every image failed")
+        tok = train_wordpiece(texts, out / "tokenizer", vocab_size=cfg.vocab_size)
+        bar.update()
+    return ["tokenizer"], {"texts": len(texts), "vocab": len(tok)}
+
+
+RUNNERS: dict[str, Callable[[BuildConfig, Path, bool], tuple[list[str], dict[str, Any]]]] = {
+    "extract": run_extract, "filter": run_filter, "download": run_download, "dedup": run_dedup,
+    "tokenizer": run_tokenizer,
+}
+
+
+def build(cfg: BuildConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the stages in order, skipping those already finished with the same parameters."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out)
+    redo = False
+    for stage in STAGES:
+        params = stage_params(cfg, stage)
+        if not redo and manifest.is_done(stage, params, out):
+            log(f"{stage}: done already (see {MANIFEST})")
+            continue
+        redo = True
+        manifest.forget_from(stage)
+        outputs, summary = RUNNERS[stage](cfg, out, progress)
+        manifest.finish(stage, params, outputs, summary)
+    return manifest.data
