@@ -13,7 +13,7 @@ import sys
 # group name -> modules registering subcommands in it; "" = top level
 COMMANDS: dict[str, list[str]] = {
     "": ["openalign.cli.train", "openalign.cli.demo", "openalign.cli.search", "openalign.cli.serve"],
-    "data": ["openalign.cli.data_synth"],
+    "data": ["openalign.cli.data_synth", "openalign.cli.data_build"],
     "tokenizer": ["openalign.cli.tokenizer"],
     "eval": ["openalign.cli.eval_retrieval"],
     "index": ["openalign.cli.index"],
