@@ -128,12 +128,13 @@ class SearchIndex:
     def search_vectors(self, q: np.ndarray, k: int, rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) queries -> (scores, ids), each (Q, min(k, N)), best first.
 
-        Approximate indexes fetch ``k * rerank`` candidates and re-score them with the stored vectors.
+        IVF-PQ (approximate scores) fetches ``k * rerank`` candidates and re-scores them with the
+        stored vectors; flat and HNSW already score with the full vectors.
         """
         q = np.ascontiguousarray(normalise(np.atleast_2d(q)), dtype=np.float32)
         k = max(1, min(int(k), self.count))
         factor = self.params.rerank if rerank is None else rerank
-        if self.exact or factor <= 1:
+        if self.manifest["index_type"] != "ivfpq" or factor <= 1:
             return self.index.search(q, k)
         _, cand = self.index.search(q, min(k * factor, self.count))
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
