@@ -77,8 +77,9 @@ def cmd_extract(a: argparse.Namespace) -> int:
 def cmd_filter(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from openalign.data.filter import N_STEPS, filter_pairs, format_stats_table
+    from openalign.data.filter import N_STEPS, filter_pairs, format_stats_table, parquet_files, resolve_columns
 
+    resolve_columns(parquet_files(a.inputs), a.url_column, a.text_column)  # bad input fails before the bar shows
     with tqdm(total=N_STEPS, desc="filter", unit="step") as bar:
         stats = filter_pairs(a.inputs, a.out, _cfgs(a)["filter"], engine=a.engine, url_column=a.url_column,
                              text_column=a.text_column, threads=a.threads_sql, on_step=lambda n: bar.update())
