@@ -69,9 +69,9 @@ def load_bundle(path: str | Path, device: str = "cpu", bf16: bool = False) -> Mo
     path = Path(path)
     model = DualEncoder.from_pretrained(path).to(device).eval()
     tokenizer = load_tokenizer(path)
-    pp = path / "preprocessor_config.json"
-    if pp.is_file():
-        transform = transform_from_processor_config(json.loads(pp.read_text()), train=False)
+    pp = _image_processor_config(path)
+    if pp is not None:
+        transform = transform_from_processor_config(pp, train=False)
     elif model.preset is not None:
         transform = ImageTransform(size=model.preset.image_size, resize=model.preset.resize_size)
     else:
@@ -79,3 +79,17 @@ def load_bundle(path: str | Path, device: str = "cpu", bf16: bool = False) -> Mo
                                 "or copy the file from the model's hub page")
     return ModelBundle(model=model, tokenizer=tokenizer, transform=transform, name=str(path), device=device,
                        autocast_bf16=bf16)
+
+
+def _image_processor_config(path: Path) -> dict | None:
+    """The image processor settings: ``preprocessor_config.json`` (align-base, transformers 4) or the
+    ``image_processor`` section of ``processor_config.json`` (what transformers 5 writes)."""
+    pp = path / "preprocessor_config.json"
+    if pp.is_file():
+        return json.loads(pp.read_text())
+    proc = path / "processor_config.json"
+    if proc.is_file():
+        section = json.loads(proc.read_text()).get("image_processor")
+        if isinstance(section, dict):
+            return section
+    return None

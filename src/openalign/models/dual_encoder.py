@@ -46,6 +46,7 @@ class DualEncoder(nn.Module):
             torch.manual_seed(seed)
         config = preset.align_config(vocab_size=vocab_size)
         align = AlignModel(config)
+        _efficientnet_init(align.vision_model)
         proj = None
         if preset.embed_dim is not None and preset.embed_dim != preset.native_dim:
             proj = nn.Linear(preset.native_dim, preset.embed_dim)
@@ -158,6 +159,20 @@ class DualEncoder(nn.Module):
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _efficientnet_init(vision: nn.Module) -> None:
+    """EfficientNet's own conv init (variance scaling, fan-out), not transformers' normal(0, 0.02).
+
+    With std 0.02 a fresh tower's activations shrink ~50x per layer, so an untrained model in
+    eval mode (BatchNorm running stats still 0/1) outputs ~1e-14 features; fan-out scaling keeps
+    them O(1), as the reference TF implementation does.
+    """
+    for m in vision.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def _has_safetensors(path: Path) -> bool:

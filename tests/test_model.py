@@ -1,0 +1,74 @@
+"""Presets build plain AlignModels; saved models load in plain transformers with the same embeddings."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from openalign.models import PRESETS, DualEncoder, get_preset
+from openalign.models.bundle import load_bundle
+from openalign.models.tokenizer import load_tokenizer
+
+
+@pytest.mark.parametrize("name", ["tiny", "b3-mini", "b7-base", "l2-large"])
+def test_preset_embedding_is_native_width(name):
+    p = get_preset(name)
+    cfg = p.align_config()
+    assert cfg.projection_dim == p.native_dim
+    # the native width of the last EfficientNet stage, as transformers computes it
+    from transformers.models.align.modeling_align import round_filters
+
+    assert round_filters(cfg.vision_config, 320) == p.native_dim
+    assert {"tiny", "b3-mini", "b7-base", "l2-large"} <= set(PRESETS.names())
+
+
+def test_presets_paper_shapes():
+    assert get_preset("b7-base").native_dim == 640 and get_preset("l2-large").native_dim == 1376
+    assert get_preset("b7-base").resize_size == 346 and get_preset("b7-base").image_size == 289
+
+
+def test_encoders_normalised_and_temperature_init():
+    m = DualEncoder.from_preset("tiny", vocab_size=300, seed=0).eval()
+    img = m.encode_images(torch.randn(3, 3, 64, 64))
+    txt = m.encode_texts(torch.randint(5, 300, (3, 7)), torch.ones(3, 7, dtype=torch.long))
+    assert img.shape == txt.shape == (3, 160)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(txt.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert m.temperature.item() == 1.0
+
+
+def test_saved_model_loads_in_plain_transformers(tmp_path, tiny_data):
+    from transformers import AlignModel, AlignProcessor
+
+    tok = load_tokenizer(tiny_data["tokenizer"])
+    m = DualEncoder.from_preset("tiny", vocab_size=len(tok), seed=1).eval()
+    m.save_pretrained(tmp_path / "model", tokenizer=tok, summary={"steps": 0})
+    meta = json.loads((tmp_path / "model" / "openalign.json").read_text())
+    assert meta["transformers_loadable"] is True and meta["preset"]["name"] == "tiny"
+
+    plain = AlignModel.from_pretrained(str(tmp_path / "model")).eval()
+    proc = AlignProcessor.from_pretrained(str(tmp_path / "model"))
+    images = [Image.new("RGB", (90, 70), (200, 20, 20)), Image.new("RGB", (50, 80), (20, 20, 200))]
+    texts = ["a red square", "a blue circle"]
+    inputs = proc(images=images, text=texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = plain(**inputs)
+    bundle = load_bundle(tmp_path / "model")
+    ours_img = bundle.encode_images(images)
+    ours_txt = bundle.encode_texts(texts)
+    assert torch.allclose(ours_img, out.image_embeds, atol=1e-5)
+    # the processor pads to 64; padding does not change BERT's [CLS] output under the attention mask
+    assert torch.allclose(ours_txt, out.text_embeds, atol=1e-5)
+
+
+def test_embed_dim_option_adds_projection_and_says_so(tmp_path):
+    p = get_preset("tiny").with_(embed_dim=64)
+    m = DualEncoder.from_preset(p, vocab_size=100, seed=0).eval()
+    assert m.encode_images(torch.randn(2, 3, 64, 64)).shape == (2, 64)
+    m.save_pretrained(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "openalign.json").read_text())
+    assert meta["transformers_loadable"] is False and "plain transformers" in meta["warning"]
+    again = DualEncoder.from_pretrained(tmp_path / "m").eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(again.encode_images(x), m.encode_images(x), atol=1e-6)
