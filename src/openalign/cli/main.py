@@ -15,7 +15,7 @@ COMMANDS: dict[str, list[str]] = {
     "": ["openalign.cli.train", "openalign.cli.demo", "openalign.cli.search", "openalign.cli.serve"],
     "data": ["openalign.cli.data_synth", "openalign.cli.data_build"],
     "tokenizer": ["openalign.cli.tokenizer"],
-    "eval": ["openalign.cli.eval_retrieval"],
+    "eval": ["openalign.cli.eval_retrieval", "openalign.cli.eval_classify", "openalign.cli.eval_suite"],
     "index": ["openalign.cli.index"],
 }
 GROUP_HELP = {

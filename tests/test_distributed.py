@@ -1,0 +1,84 @@
+"""The global-batch step is one computation however it is split: processes, micro-batches, both.
+
+2 processes (gloo) x 8 samples, 1 process x 16 in micro-batches, and 1 process x 16 at once give the
+same loss and gradients. With per-device BatchNorm (the paper's default) each forward pass
+normalises its own micro-batch, so equality holds when the passes see the same samples
+(2 x 8 == 1 x 16 in micro-batches of 8); dropout masks are seeded by (step, global micro-batch),
+so they match too. With BatchNorm statistics frozen and dropout off, all splits agree.
+"""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dist_step_worker import step_grads  # noqa: E402
+
+WORKER = str(Path(__file__).parent / "dist_step_worker.py")
+TOL = dict(rtol=1e-4, atol=1e-6)  # float32 sums in a different order across processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_procs(tmp_path: Path, micro: int, freeze_bn: bool, dropout: bool) -> dict:
+    out = tmp_path / f"dist-{micro}-{int(freeze_bn)}-{int(dropout)}.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), WORKER, str(out), str(micro), str(int(freeze_bn)), str(int(dropout))]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    return load_file(str(out))
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    """Same loss, same gradients: each tensor within 1e-3 of its own scale (floored at 1e-4 of the
+    largest gradient, since some are ~0 by construction, e.g. attention key biases)."""
+    grads = [k for k in b if k.startswith("grad.")]
+    assert grads and set(grads) == {k for k in a if k.startswith("grad.")}
+    assert torch.allclose(a["loss"], b["loss"], **TOL), (a["loss"], b["loss"])
+    floor = 1e-4 * max(b[k].abs().max().item() for k in grads)
+    worst, key = max(((a[k] - b[k]).abs().max().item() / max(b[k].abs().max().item(), floor), k) for k in grads)
+    assert worst < 1e-3, f"largest relative gradient difference {worst:.2e} in {key}"
+
+
+def test_micro_batches_equal_one_pass_when_bn_frozen():
+    whole = step_grads(None, freeze_bn=True, dropout=False)
+    micro = step_grads(4, freeze_bn=True, dropout=False)
+    _assert_same(micro, whole)
+    assert whole["grad.align.temperature"].abs() > 0
+
+
+def test_bn_running_stats_updated_once_with_micro_batches():
+    """After a feature-cached step, BN running stats equal those of the pass-1 forwards alone."""
+    from dist_step_worker import global_batch
+
+    from openalign.data.transforms import normalize_pixels
+    from openalign.models import DualEncoder, get_preset
+
+    stepped = step_grads(4, freeze_bn=False, dropout=True)
+    model = DualEncoder.from_preset(get_preset("tiny"), vocab_size=200, seed=0).train()
+    batch = global_batch()
+    with torch.no_grad():
+        for i in range(0, 16, 4):
+            model.encode_images(normalize_pixels(batch["pixel_values"][i : i + 4]))
+    for name, buf in model.named_buffers():
+        if "running_mean" in name:
+            assert torch.allclose(stepped[f"buf.{name}"], buf, atol=1e-6), name
+    assert any(b.abs().sum() > 0 for n, b in model.named_buffers() if "running_mean" in n)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+    # dropout on, per-device BatchNorm: 2 x 8 == 1 x 16 in micro-batches of 8
+    _assert_same(_two_procs(tmp_path, 0, freeze_bn=False, dropout=True), step_grads(8, freeze_bn=False, dropout=True))
+    # ... and 2 x (8 in micro-batches of 4) == 1 x 16 in micro-batches of 4
+    _assert_same(_two_procs(tmp_path, 4, freeze_bn=False, dropout=True), step_grads(4, freeze_bn=False, dropout=True))
+    # BN frozen, no dropout: 2 x 8 == 1 x 16 in one pass
+    _assert_same(_two_procs(tmp_path, 0, freeze_bn=True, dropout=False), step_grads(None, freeze_bn=True, dropout=False))
