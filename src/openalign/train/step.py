@@ -93,7 +93,8 @@ def train_step(model: nn.Module, batch: dict, step: int, spec: StepSpec) -> dict
         with replay_rng(spec.seed, step, first, spec.device):
             img, txt = _embed(model, batch, chunks[0], spec)
         out = global_contrastive_loss(img, txt, temperature, spec.label_smoothing, spec.negatives_fraction)
-        out["loss"].backward()
+        with frozen_bn_stats(model):  # gradient checkpointing re-runs BatchNorm in backward
+            out["loss"].backward()
         return {k: v.detach() for k, v in out.items()}
 
     # 1. embeddings of every micro-batch, no graph
