@@ -82,3 +82,17 @@ def test_negatives_fraction_equals_smaller_batches():
     half = global_contrastive_loss(img, txt, t, 0.1, negatives_fraction=0.5)["loss"]
     ref = (contrastive_loss(img[:4], txt[:4], t)["loss"] + contrastive_loss(img[4:], txt[4:], t)["loss"]) / 2
     assert torch.allclose(half, ref, atol=1e-6)
+
+
+def test_tiled_loss_equals_full_loss_values_and_gradients():
+    img, txt = _embs(n=10)
+    t = torch.tensor(0.2, requires_grad=True)
+    full = contrastive_loss(img, txt, t)
+    full["loss"].backward()
+    ref = [img.grad.clone(), txt.grad.clone(), t.grad.clone()]
+    img.grad = txt.grad = t.grad = None
+    tiled = contrastive_loss(img, txt, t, max_logits=30)  # tiles of 3 rows, recomputed in backward
+    tiled["loss"].backward()
+    assert torch.allclose(tiled["loss"], full["loss"], atol=1e-6)
+    for a, b in zip([img.grad, txt.grad, t.grad], ref):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -30,9 +30,13 @@ class DemoConfig:
     noise_rate: float = 0.2
     vocab_size: int = 2000
     seed: int = 0
+    # A CPU-minutes schedule, not the paper's 1.2M steps: AdamW (LAMB's per-layer trust ratio moves
+    # each matrix by ~lr per step, too slow for a few hundred steps), the temperature on its own
+    # faster rate, one decoding worker and one torch thread (2 cores: 2 threads next to a busy
+    # worker run many times slower).
     train: TrainConfig = TrainConfig(
-        preset="tiny", steps=400, batch_size=128, lr=3e-2, temperature_lr=2e-2, warmup_steps=40,
-        workers=2, log_every=10, ckpt_every=200, shuffle_buffer=500,
+        preset="tiny", steps=900, batch_size=128, optimizer="adamw", lr=2e-3, temperature_lr=0.2, warmup_steps=30,
+        workers=1, threads=1, log_every=10, ckpt_every=300, shuffle_buffer=500,
     )
 
 

@@ -27,6 +27,31 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
+# Above this many logits per direction (64 MB of float32) the loss is computed in row tiles whose
+# logits are recomputed in backward: at batch 16,384 the full matrices and their autograd copies
+# take ~6 GB, the tiles ~100 MB, for one extra matrix product (bench/big_batch.py).
+MAX_LOGITS = 1 << 24
+
+
+def _ce_sum(rows: torch.Tensor, cols: torch.Tensor, inv_t: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.cross_entropy(rows.float() @ cols.float().t() * inv_t, labels, label_smoothing=eps, reduction="sum")
+
+
+def _smoothed_ce(rows, cols, inv_t, labels, eps: float, max_logits: int) -> torch.Tensor:
+    """Mean over rows of the label-smoothed cross-entropy of ``rows @ cols.T * inv_t``."""
+    b, n = rows.shape[0], cols.shape[0]
+    if b * n <= max_logits:
+        return _ce_sum(rows, cols, inv_t, labels, eps) / b
+    from torch.utils.checkpoint import checkpoint
+
+    tile = max(1, max_logits // n)
+    total = rows.new_zeros((), dtype=torch.float32)
+    for i in range(0, b, tile):
+        total = total + checkpoint(_ce_sum, rows[i : i + tile], cols, inv_t, labels[i : i + tile], eps,
+                                   use_reentrant=False)
+    return total / b
+
+
 def contrastive_loss(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
@@ -35,6 +60,7 @@ def contrastive_loss(
     all_image_emb: torch.Tensor | None = None,
     all_text_emb: torch.Tensor | None = None,
     offset: int = 0,
+    max_logits: int = MAX_LOGITS,
 ) -> dict[str, torch.Tensor]:
     """ALIGN loss for local rows against global columns.
 
@@ -49,10 +75,9 @@ def contrastive_loss(
     b = image_emb.shape[0]
     labels = torch.arange(offset, offset + b, device=image_emb.device)
     inv_t = 1.0 / temperature.float()
-    logits_i2t = image_emb.float() @ all_text_emb.float().t() * inv_t  # (B, N)
-    logits_t2i = text_emb.float() @ all_image_emb.float().t() * inv_t  # (B, N)
-    loss_i2t = F.cross_entropy(logits_i2t, labels, label_smoothing=label_smoothing)
-    loss_t2i = F.cross_entropy(logits_t2i, labels, label_smoothing=label_smoothing)
+    # image -> text: local images (B, D) against all texts (N, D); text -> image likewise
+    loss_i2t = _smoothed_ce(image_emb, all_text_emb, inv_t, labels, label_smoothing, max_logits)
+    loss_t2i = _smoothed_ce(text_emb, all_image_emb, inv_t, labels, label_smoothing, max_logits)
     return {"loss": loss_i2t + loss_t2i, "loss_i2t": loss_i2t, "loss_t2i": loss_t2i, "logit_scale": inv_t.detach()}
 
 

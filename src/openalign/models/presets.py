@@ -27,6 +27,10 @@ class ModelPreset:
     depth_coefficient: float
     image_size: int  # crop size fed to the network
     drop_connect_rate: float = 0.2
+    # torch semantics (weight of the NEW batch): 0.01 = TF's 0.99, EfficientNet's own setting for
+    # long runs. Short runs need fresher statistics: with weights moving fast, 100-step averages
+    # are stale and eval-mode features collapse (the tiny preset uses 0.1).
+    bn_momentum: float = 0.01
     # text tower (BERT)
     text_hidden: int = 768
     text_layers: int = 12
@@ -63,8 +67,9 @@ class ModelPreset:
             depth_coefficient=self.depth_coefficient,
             drop_connect_rate=self.drop_connect_rate,
             # transformers hands this to torch's BatchNorm2d in the stem and depthwise layers,
-            # where momentum means the weight of the NEW batch: 0.01 is TF's 0.99.
-            batch_norm_momentum=0.01,
+            # where momentum means the weight of the NEW batch (its default 0.99 is TF's value
+            # copied into torch's meaning, i.e. the last batch only).
+            batch_norm_momentum=self.bn_momentum,
         )
         text = AlignTextConfig(
             vocab_size=vocab_size or self.vocab_size,
@@ -110,6 +115,7 @@ TINY = _reg(
         depth_coefficient=0.3,
         image_size=64,
         drop_connect_rate=0.0,
+        bn_momentum=0.1,
         text_hidden=128,
         text_layers=2,
         text_heads=2,

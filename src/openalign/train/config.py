@@ -34,10 +34,11 @@ class TrainConfig:
     # performance
     bf16: bool = False
     grad_checkpointing: bool = False
-    channels_last: bool = False
+    channels_last: bool = True  # 1.3-1.5x faster steps on CPU (bench/train_throughput.py)
     compile: bool = False
     sync_bn: bool = False  # default per-device BatchNorm, as the paper
     workers: int = 2
+    threads: int | None = None  # torch threads in the training process; None = torch's default
     # bookkeeping
     seed: int = 0
     log_every: int = 10

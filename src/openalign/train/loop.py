@@ -89,6 +89,8 @@ def _check_inputs(cfg: TrainConfig, info: DistInfo) -> tuple[int, int]:
 class Trainer:
     def __init__(self, cfg: TrainConfig, info: DistInfo | None = None):
         self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.info = info or init_distributed()
         self.local_batch, self.micro = _check_inputs(cfg, self.info)
         self.run_dir = Path(cfg.out)
