@@ -1,0 +1,351 @@
+"""Shared machinery for the small-scale reproductions of the ALIGN paper's ablations.
+
+Every experiment is a list of ``Job``s (corpus + TrainConfig overrides + seed). A job trains the
+``tiny`` preset with the demo's validated CPU recipe (shortened), evaluates text/image retrieval on
+the clean held-out split (unseen colour+shape combinations) and writes ``runs/<key>/result.json``.
+Results are cached by key, so an interrupted experiment resumes and experiments share runs (the
+baseline - learnable temperature, native 160-d, 100% negatives, 8k corpus at 20% noise - is one
+set of runs used by four experiments). Jobs run as subprocesses, ``parallel`` at a time (2 cores:
+each training uses one torch thread plus one decoding worker).
+
+    python experiments/common.py run SPEC.json     # one job (used internally)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "experiments" / "out"
+DOCS = ROOT / "docs" / "results"
+PYTHON = sys.executable
+
+# The world every experiment is evaluated on: the demo's corpus (8k noisy pairs, 20% noise) and its
+# 300 clean held-out images x 5 captions. One WordPiece tokenizer trained on that corpus is shared
+# by all runs, so no comparison is confounded by a different vocabulary.
+BASE_NUM_TRAIN = 8000
+BASE_NOISE = 0.2
+NUM_HELDOUT = 300
+CORPUS_SEED = 0
+VOCAB_SIZE = 2000
+DEFAULT_STEPS = 250
+DEFAULT_SEEDS = 3
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One training run: which corpus, which TrainConfig overrides, which seed."""
+
+    label: str  # the configuration's label in tables and plots (seeds share it)
+    seed: int
+    steps: int = DEFAULT_STEPS
+    num_train: int = BASE_NUM_TRAIN
+    noise_rate: float = BASE_NOISE
+    overrides: dict = field(default_factory=dict)  # TrainConfig fields
+    keep_model: bool = False
+
+    def key(self) -> str:
+        ident = {"seed": self.seed, "steps": self.steps, "num_train": self.num_train,
+                 "noise_rate": self.noise_rate, "overrides": self.overrides}
+        h = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+        return f"n{self.num_train}-p{self.noise_rate:g}-s{self.seed}-{h}"
+
+
+def base_train_config(steps: int):
+    """The demo's validated tiny recipe (AdamW 2e-3, temperature lr 0.2, batch 128, warm-up 30),
+    shortened to ``steps``; no intermediate checkpoints."""
+    from openalign.demo import DemoConfig
+
+    return replace(DemoConfig.train, steps=steps, ckpt_every=10**9, log_every=10, workers=1, threads=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# data (generated once, cached under the out dir)
+
+def corpus_dir(out: Path, num_train: int, noise_rate: float) -> Path:
+    return out / "corpora" / f"n{num_train}-p{noise_rate:g}"
+
+
+def ensure_corpus(out: Path, num_train: int, noise_rate: float) -> dict:
+    """Generate (once) a synthetic corpus; returns its stats.json (with ``shards``)."""
+    from openalign.data.synth import generate_corpus
+
+    root = corpus_dir(out, num_train, noise_rate)
+    stats = root / "stats.json"
+    if not stats.is_file():
+        generate_corpus(root, num_train=num_train, num_heldout=NUM_HELDOUT, noise_rate=noise_rate,
+                        seed=CORPUS_SEED, workers=1)
+    return json.loads(stats.read_text())
+
+
+def ensure_world(out: Path) -> dict:
+    """Base corpus + shared tokenizer; returns paths."""
+    from openalign.data.texts import iter_shard_texts
+    from openalign.models.tokenizer import train_wordpiece
+
+    stats = ensure_corpus(out, BASE_NUM_TRAIN, BASE_NOISE)
+    root = corpus_dir(out, BASE_NUM_TRAIN, BASE_NOISE)
+    tok = out / "tokenizer"
+    if not (tok / "done").is_file():
+        train_wordpiece(iter_shard_texts(stats["shards"]), tok, vocab_size=VOCAB_SIZE)
+        (tok / "done").write_text("ok\n")
+    return {"tokenizer": str(tok), "heldout_json": str(_heldout_json(root)),
+            "heldout_image_root": str(root / "heldout" / "images")}
+
+
+def _heldout_json(root: Path) -> Path:
+    found = sorted((root / "heldout").glob("*.json"))
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# one job (runs in its own process)
+
+def run_one(spec: dict) -> dict:
+    """Train, evaluate retrieval on the base held-out split, write result.json."""
+    import torch
+
+    from openalign.evals.retrieval import evaluate_retrieval
+    from openalign.train.config import TrainConfig
+    from openalign.train.loop import train
+
+    torch.set_num_threads(1)
+    out, job = Path(spec["out"]), Job(**spec["job"])
+    run_dir = out / "runs" / job.key()
+    stats = ensure_corpus(out, job.num_train, job.noise_rate)
+    base_root = corpus_dir(out, BASE_NUM_TRAIN, BASE_NOISE)
+    t0 = time.monotonic()
+    if run_dir.exists() and not (run_dir / "model" / "config.json").is_file():
+        shutil.rmtree(run_dir / "train", ignore_errors=True)  # an interrupted run starts over
+    cfg = replace(base_train_config(job.steps), shards=stats["shards"], tokenizer=str(out / "tokenizer"),
+                  out=str(run_dir / "train"), seed=job.seed, **job.overrides)
+    assert isinstance(cfg, TrainConfig)
+    result = train(cfg)
+    t_train = time.monotonic() - t0
+    metrics = evaluate_retrieval(result.model_dir, _heldout_json(base_root), base_root / "heldout" / "images",
+                                 progress=False)
+    curve = [json.loads(ln) for ln in (result.run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    record = {"key": job.key(), "job": asdict(job), "retrieval": metrics,
+              "curve": [{k: r[k] for k in ("step", "loss", "temperature") if k in r} for r in curve],
+              "final_temperature": curve[-1]["temperature"] if curve else None,
+              "train_seconds": t_train, "seconds": time.monotonic() - t0,
+              "model_dir": str(result.model_dir) if job.keep_model else None}
+    if not job.keep_model:
+        shutil.rmtree(result.model_dir, ignore_errors=True)
+    for ckpt in (result.run_dir / "checkpoints",):
+        shutil.rmtree(ckpt, ignore_errors=True)
+    (run_dir / "result.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# many jobs
+
+def cached(out: Path, job: Job) -> dict | None:
+    p = out / "runs" / job.key() / "result.json"
+    if not p.is_file():
+        return None
+    rec = json.loads(p.read_text())
+    if job.keep_model and not (rec.get("model_dir") and Path(rec["model_dir"], "config.json").is_file()):
+        return None
+    return rec
+
+
+def _launch(out: Path, job: Job) -> dict:
+    run_dir = out / "runs" / job.key()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = run_dir / "spec.json"
+    spec.write_text(json.dumps({"out": str(out), "job": asdict(job)}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(run_dir / "log.txt", "w") as log:
+        rc = subprocess.call([PYTHON, str(Path(__file__).resolve()), "run", str(spec)], stdout=log,
+                             stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if rc != 0:
+        raise RuntimeError(f"job {job.label} seed {job.seed} failed (rc {rc}); see {run_dir / 'log.txt'}")
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def run_jobs(out: Path, jobs: Iterable[Job], parallel: int = 2,
+             on_result: Callable[[dict], None] | None = None, run: bool = True) -> list[dict]:
+    """Run the jobs not yet cached, ``parallel`` at a time; returns every job's record (job order).
+    ``run=False``: only collect the cached ones."""
+    out = Path(out)
+    jobs = list({j.key(): j for j in jobs}.values())  # drop duplicates, keep order
+    ensure_world(out)
+    for nt, nr in sorted({(j.num_train, j.noise_rate) for j in jobs}):
+        ensure_corpus(out, nt, nr)  # generate corpora up front, not inside two racing jobs
+    records: dict[str, dict] = {}
+    todo = []
+    for j in jobs:
+        rec = cached(out, j)
+        if rec is None:
+            todo.append(j)
+        else:
+            records[j.key()] = rec
+    todo = todo if run else []
+    print(f"{len(jobs) - len(todo)} runs cached, {len(todo)} to run ({parallel} at a time)", flush=True)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(parallel) as pool:
+        futures = {pool.submit(_launch, out, j): j for j in todo}
+        for fut in as_completed(futures):
+            j = futures[fut]
+            try:
+                rec = fut.result()
+            except Exception as e:  # keep the other runs going; report at the end
+                print(f"FAILED {j.label} seed {j.seed}: {e}", flush=True)
+                continue
+            records[j.key()] = rec
+            r = rec["retrieval"]
+            print(f"[{time.monotonic() - t0:6.0f}s] {j.label:28} seed {j.seed}: mean recall {r['mean_recall']:.2f} "
+                  f"t2i R@1 {r['text_to_image_R@1']:.2f} R@10 {r['text_to_image_R@10']:.2f} "
+                  f"T {rec['final_temperature']:.4f} ({rec['seconds']:.0f}s)", flush=True)
+            if on_result:
+                on_result(rec)
+    # a shared run (e.g. the baseline) carries the label this experiment gives it
+    return [{**records[j.key()], "job": {**records[j.key()]["job"], "label": j.label}}
+            for j in jobs if j.key() in records]
+
+
+def save_results(out: Path, name: str, records: list[dict], extra: dict | None = None) -> Path:
+    """``out/<name>/results.json``: every run's record (rewritten after each run, so it resumes)."""
+    path = Path(out) / name / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"experiment": name, "runs": records, **(extra or {})}, indent=1))
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries and plots
+
+METRICS = ("mean_recall", "text_to_image_R@1", "text_to_image_R@10", "image_to_text_R@1")
+
+
+def summarise(records: list[dict], labels: list[str]) -> list[dict]:
+    """Per label: n seeds, mean and std of the retrieval metrics and of the final temperature."""
+    import numpy as np
+
+    rows = []
+    for lab in labels:
+        rs = [r for r in records if r["job"]["label"] == lab]
+        if not rs:
+            continue
+        row: dict[str, Any] = {"label": lab, "n": len(rs), "seconds": sum(r["seconds"] for r in rs)}
+        for m in METRICS:
+            v = np.array([r["retrieval"][m] for r in rs])
+            row[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, v.tolist())
+        t = np.array([r["final_temperature"] for r in rs])
+        row["temperature"] = (float(t.mean()), float(t.std(ddof=1)) if len(t) > 1 else 0.0, t.tolist())
+        rows.append(row)
+    return rows
+
+
+def fmt(ms: tuple[float, float, list]) -> str:
+    return f"{ms[0]:.1f} ± {ms[1]:.1f}"
+
+
+def markdown_table(rows: list[dict], paper: dict[str, str] | None = None, paper_header: str = "paper") -> str:
+    head = ["config", "seeds", "mean recall", "t→i R@1", "t→i R@10", "i→t R@1", "final T"]
+    if paper:
+        head.append(paper_header)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], str(r["n"]), fmt(r["mean_recall"]), fmt(r["text_to_image_R@1"]),
+                 fmt(r["text_to_image_R@10"]), fmt(r["image_to_text_R@1"]),
+                 f"{r['temperature'][0]:.4f}"]
+        if paper:
+            cells.append(paper.get(r["label"], ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bar_plot(rows: list[dict], path: Path, title: str, metrics=("mean_recall", "text_to_image_R@10", "text_to_image_R@1"),
+             xlabel: str = "") -> None:
+    """One panel per metric: mean ± std over seeds (bars + error bars), each seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
+    x = np.arange(len(rows))
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        means = [r[m][0] for r in rows]
+        stds = [r[m][1] for r in rows]
+        ax.bar(x, means, yerr=stds, capsize=4, color="#8fb3d9", edgecolor="#335")
+        for i, r in enumerate(rows):
+            ax.scatter([i] * len(r[m][2]), r[m][2], color="k", s=10, zorder=3)
+        ax.set_xticks(x, [r["label"] for r in rows], rotation=20, ha="right", fontsize=8)
+        ax.set_title(m.replace("_", " ").replace("text to image", "t→i") + " (%)", fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_table(name: str, text: str) -> Path:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    p = DOCS / f"{name}.md"
+    p.write_text(text + "\n")
+    return p
+
+
+def common_args(parser, default_seeds: int = DEFAULT_SEEDS):
+    parser.add_argument("--seeds", type=int, default=default_seeds)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="tables and plots from cached runs only")
+    return parser
+
+
+def baseline(seed: int, steps: int, keep_model: bool = True) -> Job:
+    """Learnable temperature (init 1.0), native 160-d, 100% negatives, 8k corpus at 20% noise.
+    The model is kept: the prompt-ensembling experiment reuses it."""
+    return Job("learnable (init 1.0)", seed, steps, keep_model=keep_model)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "run":
+        run_one(json.loads(Path(sys.argv[2]).read_text()))
+    else:
+        sys.exit(__doc__)
+
+
+def single_factor(name: str, title: str, configs: list[tuple[str, dict]], paper: dict[str, str], paper_header: str,
+                  doc: str, base_label: str) -> None:
+    """The command line of a one-knob experiment: the baseline (labelled ``base_label``) plus one run per
+    (label, TrainConfig overrides) per seed; table + plot under docs/results/."""
+    import argparse
+
+    args = common_args(argparse.ArgumentParser(description=doc)).parse_args()
+    t0 = time.monotonic()
+    js = []
+    for s in range(args.seeds):
+        js.append(replace(baseline(s, args.steps), label=base_label))
+        js += [Job(lab, s, args.steps, overrides=ov) for lab, ov in configs]
+    recs = run_jobs(args.out, js, args.parallel, run=not args.report_only)
+    save_results(args.out, name, recs)
+    rows = summarise(recs, [base_label, *(lab for lab, _ in configs)])
+    bar_plot(rows, DOCS / f"{name}.png", title)
+    text = markdown_table(rows, paper, paper_header)
+    text += (f"\n\ncompute: {sum(r['seconds'] for r in recs) / 60:.1f} run-minutes (all seeds, shared baseline "
+             f"included); {(time.monotonic() - t0) / 60:.1f} min wall-clock this invocation")
+    write_table(name, text)
+    print(text)
