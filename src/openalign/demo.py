@@ -18,8 +18,17 @@ from openalign.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-EXAMPLE_QUERIES = ("a red circle", "blue stars on a striped background", "three small yellow hearts",
-                   "a large black triangle", "green squares")
+
+
+def example_queries_for(karpathy_json: Path, n: int = 5) -> tuple[str, ...]:
+    """Text queries naming held-out colour+shape combinations (never seen together in training)."""
+    entries = json.loads(Path(karpathy_json).read_text())["images"]
+    combos = sorted({(e["attributes"]["colour"], e["attributes"]["shape"]) for e in entries if "attributes" in e})
+    queries = [f"a {c} {s}" for c, s in combos[:n - 1]]
+    if combos:
+        c, s = combos[-1]
+        queries.append(f"three small {c} {s}s on a striped background")
+    return tuple(queries) or ("a red circle",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,7 @@ class DemoConfig:
     out: str = "demo-out"
     num_train: int = 8000
     num_heldout: int = 300
+    workers: int = 2  # corpus synthesis processes
     noise_rate: float = 0.2
     vocab_size: int = 2000
     seed: int = 0
@@ -35,7 +45,7 @@ class DemoConfig:
     # faster rate, one decoding worker and one torch thread (2 cores: 2 threads next to a busy
     # worker run many times slower).
     train: TrainConfig = TrainConfig(
-        preset="tiny", steps=900, batch_size=128, optimizer="adamw", lr=2e-3, temperature_lr=0.2, warmup_steps=30,
+        preset="tiny", steps=600, batch_size=128, optimizer="adamw", lr=2e-3, temperature_lr=0.2, warmup_steps=30,
         workers=1, threads=1, log_every=10, ckpt_every=300, shuffle_buffer=500,
     )
 
@@ -54,7 +64,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     print(f"[1/5] synthesising {cfg.num_train} noisy training pairs ({cfg.noise_rate:.0%} noisy captions) "
           f"and {cfg.num_heldout} clean held-out images with unseen colour+shape combinations")
     corpus = generate_corpus(out / "data", num_train=cfg.num_train, num_heldout=cfg.num_heldout,
-                             noise_rate=cfg.noise_rate, seed=cfg.seed, workers=2)
+                             noise_rate=cfg.noise_rate, seed=cfg.seed, workers=cfg.workers)
     times["synth"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -76,7 +86,8 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
 
     print("[5/5] example queries and the report")
     bundle = load_bundle(result.model_dir)
-    examples = example_queries(bundle, corpus.heldout_json, corpus.heldout_image_root, EXAMPLE_QUERIES)
+    examples = example_queries(bundle, corpus.heldout_json, corpus.heldout_image_root,
+                               example_queries_for(corpus.heldout_json))
     summary = {"retrieval": metrics, "chance_text_to_image": chance, "noise_counts": corpus.noise_counts,
                "train": json.loads((result.run_dir / "summary.json").read_text()), "seconds": times,
                "examples": [{"query": q, "top": [h["file"] for h in hits]} for q, hits in examples]}
