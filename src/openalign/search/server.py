@@ -88,9 +88,14 @@ def create_app(searcher: Searcher, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> 
 
 
 def _results(searcher: Searcher, q: Query, k: int) -> SearchOut:
+    return _run(searcher.search, q, k)
+
+
+def _run(fn: Any, q: Query, k: int) -> SearchOut:
+    """Run a query function, mapping unknown ids to 404 and bad queries to 422 (never a 500)."""
     t0 = time.perf_counter()
     try:
-        hits = searcher.search(q, k)
+        hits = fn(q, k)
     except UnknownId as exc:
         raise HTTPException(404, str(exc)) from None
     except UserError as exc:
@@ -143,15 +148,7 @@ def _add_image_routes(app: FastAPI, searcher: Searcher, max_upload_bytes: int) -
 def _captions(searcher: Searcher, q: Query, k: int) -> SearchOut:
     if searcher.index.captions is None:
         raise HTTPException(404, "no captions were indexed in this index")
-    t0 = time.perf_counter()
-    try:
-        hits = searcher.captions(q, k)
-    except UnknownId as exc:
-        raise HTTPException(404, str(exc)) from None
-    except UserError as exc:
-        raise HTTPException(422, str(exc)) from None
-    return SearchOut(results=[HitOut(**h.to_dict(), thumbnail=f"/api/images/{h.id}/thumbnail") for h in hits],
-                     took_ms=(time.perf_counter() - t0) * 1000)
+    return _run(searcher.captions, q, k)
 
 
 def _thumbnail_bytes(searcher: Searcher, image_id: int, size: int = 192) -> bytes:
