@@ -56,7 +56,10 @@ def main() -> None:
 
     from openalign.data.synth import write_classification_split
 
-    args = common_args(argparse.ArgumentParser(description=__doc__)).parse_args()
+    ap = common_args(argparse.ArgumentParser(description=__doc__))
+    ap.add_argument("--extra-model", action="append", default=[],
+                    help="also evaluate this model directory (e.g. a longer-trained one); one row per task")
+    args = ap.parse_args()
     t0 = time.monotonic()
     recs = run_jobs(args.out, [baseline(s, args.steps) for s in range(args.seeds)], args.parallel,
                     run=not args.report_only)
@@ -67,8 +70,9 @@ def main() -> None:
     t1 = time.monotonic()
     results = [{"seed": r["job"]["seed"], "model_dir": r["model_dir"], "top1": evaluate(r["model_dir"], data_root)}
                for r in recs]
+    extra = [{"model_dir": m, "top1": evaluate(m, data_root)} for m in args.extra_model]
     eval_s = time.monotonic() - t1
-    save_results(args.out, NAME, results, {"eval_seconds": eval_s})
+    save_results(args.out, NAME, results, {"eval_seconds": eval_s, "extra_models": extra})
 
     lines = ["| task (classes) | single prompt 'a photo of a {c}.' | best single template | mean single template "
              "| ensemble | ensemble − single prompt |", "|---|---|---|---|---|---|"]
@@ -87,6 +91,16 @@ def main() -> None:
                      f"| {best.mean():.1f} | {alone.mean():.1f} | {ens.mean():.1f} ± "
                      f"{ens.std(ddof=1) if len(ens) > 1 else 0:.1f} | {d.mean():+.1f} (per seed: "
                      + ", ".join(f"{x:+.1f}" for x in d) + ") |")
+    for e in extra:
+        lines += ["", f"Extra model `{e['model_dir']}`:", "",
+                  "| task | single prompt | best single template | mean single template | ensemble | ensemble − single |",
+                  "|---|---|---|---|---|---|"]
+        for task, p in e["top1"].items():
+            alone = [v for k, v in p.items() if k.startswith("alone")]
+            ens = next(v for k, v in p.items() if k.startswith("ensemble"))
+            single = p["single: 'a photo of a {c}.'"]
+            lines.append(f"| {task} | {single:.1f} | {max(alone):.1f} | {sum(alone) / len(alone):.1f} | {ens:.1f} "
+                         f"| {ens - single:+.1f} |")
     text = "\n".join(lines) + (f"\n\nTop-1 (%), mean ± std over {len(results)} baseline models (seeds); chance = "
                                "100/classes. Evaluation wall-clock: "
                                f"{eval_s / 60:.1f} min (training reused from the temperature experiment); "
