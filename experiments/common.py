@@ -246,6 +246,7 @@ def summarise(records: list[dict], labels: list[str]) -> list[dict]:
         for m in METRICS:
             v = np.array([r["retrieval"][m] for r in rs])
             row[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, v.tolist())
+        row["seeds"] = [r["job"]["seed"] for r in rs]
         t = np.array([r["final_temperature"] for r in rs])
         row["temperature"] = (float(t.mean()), float(t.std(ddof=1)) if len(t) > 1 else 0.0, t.tolist())
         rows.append(row)
@@ -256,13 +257,27 @@ def fmt(ms: tuple[float, float, list]) -> str:
     return f"{ms[0]:.1f} ± {ms[1]:.1f}"
 
 
+def paired_delta(row: dict, base: dict, metric: str = "mean_recall") -> str:
+    """``row`` minus ``base`` on the same seeds (same init and data order): mean ± std of the differences."""
+    import numpy as np
+
+    b = dict(zip(base["seeds"], base[metric][2]))
+    d = np.array([v - b[s] for s, v in zip(row["seeds"], row[metric][2]) if s in b])
+    if len(d) == 0:
+        return ""
+    return f"{d.mean():+.1f} ± {d.std(ddof=1):.1f}" if len(d) > 1 else f"{d.mean():+.1f}"
+
+
 def markdown_table(rows: list[dict], paper: dict[str, str] | None = None, paper_header: str = "paper") -> str:
-    head = ["config", "seeds", "mean recall", "t→i R@1", "t→i R@10", "i→t R@1", "final T"]
+    """One row per config; the first row is the reference for the paired Δ column."""
+    head = ["config", "seeds", "mean recall", "Δ mean recall vs first row, same seeds", "t→i R@1", "t→i R@10",
+            "i→t R@1", "final T"]
     if paper:
         head.append(paper_header)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["label"], str(r["n"]), fmt(r["mean_recall"]), fmt(r["text_to_image_R@1"]),
+        cells = [r["label"], str(r["n"]), fmt(r["mean_recall"]),
+                 "—" if r is rows[0] else paired_delta(r, rows[0]), fmt(r["text_to_image_R@1"]),
                  fmt(r["text_to_image_R@10"]), fmt(r["image_to_text_R@1"]),
                  f"{r['temperature'][0]:.4f}"]
         if paper:
