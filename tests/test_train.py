@@ -125,3 +125,10 @@ def test_bad_inputs_fail_with_one_line(tmp_path, tiny_data, capsys):
     assert "micro_batch_size" in capsys.readouterr().err
     assert main(["train", "--shards", tiny_data["shards"], "--tokenizer", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "tokenizer" in capsys.readouterr().err
+
+
+def test_max_minutes_stops_early_and_saves(tiny_data, tmp_path):
+    res = train(_cfg(tiny_data, tmp_path / "run", steps=50, max_minutes=1e-4, ckpt_every=0))
+    assert 1 <= res.step < 50
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == res.step
