@@ -129,6 +129,6 @@ def test_bad_inputs_fail_with_one_line(tmp_path, tiny_data, capsys):
 
 def test_max_minutes_stops_early_and_saves(tiny_data, tmp_path):
     res = train(_cfg(tiny_data, tmp_path / "run", steps=50, max_minutes=1e-4, ckpt_every=0))
-    assert 1 <= res.step < 50
+    assert 0 <= res.step < 50  # the budget ran out before (or right after) the first step
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == res.step
