@@ -24,7 +24,7 @@ def example_queries_for(karpathy_json: Path, n: int = 5) -> tuple[str, ...]:
     """Text queries naming held-out colour+shape combinations (never seen together in training)."""
     entries = json.loads(Path(karpathy_json).read_text())["images"]
     combos = sorted({(e["attributes"]["colour"], e["attributes"]["shape"]) for e in entries if "attributes" in e})
-    queries = [f"a {c} {s}" for c, s in combos[:n - 1]]
+    queries = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}" for c, s in combos[:n - 1]]
     if combos:
         c, s = combos[-1]
         queries.append(f"three small {c} {s}s on a striped background")
