@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from common import DOCS, baseline, common_args, run_jobs, save_results, write_table
+from common import DOCS, Job, baseline, common_args, run_jobs, save_results, write_table
 
 NAME = "prompts"
 TASKS = ("colour", "shape", "count", "size", "background")
@@ -59,6 +59,8 @@ def main() -> None:
     ap = common_args(argparse.ArgumentParser(description=__doc__))
     ap.add_argument("--extra-model", action="append", default=[],
                     help="also evaluate this model directory (e.g. a longer-trained one); one row per task")
+    ap.add_argument("--fixed-temperature", type=float, default=None,
+                    help="also train (seed 0, kept) and evaluate a model with this fixed temperature")
     args = ap.parse_args()
     t0 = time.monotonic()
     recs = run_jobs(args.out, [baseline(s, args.steps) for s in range(args.seeds)], args.parallel,
@@ -70,7 +72,12 @@ def main() -> None:
     t1 = time.monotonic()
     results = [{"seed": r["job"]["seed"], "model_dir": r["model_dir"], "top1": evaluate(r["model_dir"], data_root)}
                for r in recs]
-    extra = [{"model_dir": m, "top1": evaluate(m, data_root)} for m in args.extra_model]
+    extra_dirs = list(args.extra_model)
+    if args.fixed_temperature:
+        t = args.fixed_temperature
+        job = Job(f"fixed 1/{1 / t:.0f}", 0, args.steps, overrides={"fixed_temperature": t}, keep_model=True)
+        extra_dirs += [r["model_dir"] for r in run_jobs(args.out, [job], 1, run=not args.report_only)]
+    extra = [{"model_dir": m, "top1": evaluate(m, data_root)} for m in extra_dirs]
     eval_s = time.monotonic() - t1
     save_results(args.out, NAME, results, {"eval_seconds": eval_s, "extra_models": extra})
 
