@@ -361,6 +361,6 @@ def single_factor(name: str, title: str, configs: list[tuple[str, dict]], paper:
     bar_plot(rows, DOCS / f"{name}.png", title)
     text = markdown_table(rows, paper, paper_header)
     text += (f"\n\ncompute: {sum(r['seconds'] for r in recs) / 60:.1f} run-minutes (all seeds, shared baseline "
-             f"included); {(time.monotonic() - t0) / 60:.1f} min wall-clock this invocation")
+             "included)" + ("" if args.report_only else f"; {(time.monotonic() - t0) / 60:.1f} min wall-clock this invocation"))
     write_table(name, text)
     print(text)

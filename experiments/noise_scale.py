@@ -74,8 +74,8 @@ def main() -> None:
             continue
         bar_plot(rows, DOCS / f"{NAME}_{part}.png", title)
         texts.append(f"**{part}**\n\n" + markdown_table(rows))
-    text = "\n\n".join(texts) + (f"\n\ncompute: {sum(r['seconds'] for r in recs_all) / 60:.1f} run-minutes in all; "
-                                 f"{(time.monotonic() - t0) / 60:.1f} min wall-clock this invocation")
+    text = "\n\n".join(texts) + (f"\n\ncompute: {sum(r['seconds'] for r in recs_all) / 60:.1f} run-minutes in all"
+                                 + ("" if args.report_only else f"; {(time.monotonic() - t0) / 60:.1f} min wall-clock this invocation"))
     write_table(NAME, text)
     print(text)
 

@@ -76,7 +76,7 @@ def main() -> None:
     js = jobs(args.seeds, args.steps)
     recs = run_jobs(args.out, js, args.parallel, run=not args.report_only)
     save_results(args.out, NAME, recs)
-    print(report(recs, time.monotonic() - t0))
+    print(report(recs, None if args.report_only else time.monotonic() - t0))
 
 
 if __name__ == "__main__":
