@@ -46,6 +46,5 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume)
     print(f"trained {result.step} steps, {result.samples_per_s:.1f} samples/s; model: {result.model_dir}")
     if result.skipped:
-        bad = {k: v for k, v in result.skipped.items() if k != "samples_read" and v}
-        print(f"skipped: {bad or 'none'} of {result.skipped.get('samples_read', 0)} samples read")
+        print(f"skipped: {result.bad_samples or 'none'} of {result.skipped.get('samples_read', 0)} samples read")
     return 0

@@ -43,6 +43,15 @@ class TrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
     samples_per_s: float = 0.0
 
+    @property
+    def bad_samples(self) -> dict[str, int]:
+        """Skip counts by reason (corrupt image, empty caption, broken shard...), without the read count."""
+        return _bad_samples(self.skipped)
+
+
+def _bad_samples(counts: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if k != "samples_read" and v}
+
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> DualEncoder:
     if cfg.init:
@@ -239,7 +248,7 @@ class Trainer:
         if self.info.is_main:
             if self._writer is not None:
                 self._writer.close()
-            bad = {k: v for k, v in skipped.items() if k != "samples_read" and v}
+            bad = _bad_samples(skipped)
             summary = {"steps": self.step, "batch_size": self.cfg.batch_size, "samples_seen": self.step * self.cfg.batch_size,
                        "final_loss": losses[-1] if losses else None, "temperature": self.model.temperature.item(),
                        "skipped": bad, "samples_read": skipped.get("samples_read", 0), "train_seconds": self.elapsed}
