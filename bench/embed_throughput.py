@@ -48,7 +48,7 @@ def save_model(folder: Path, preset: str) -> Path:
 
 
 def run_ours(model_dir: Path, paths: list[Path], batch_size: int, workers: int) -> tuple[float, torch.Tensor]:
-    from openalign.evals.embed import embed_image_files
+    from openalign.models.embed import embed_image_files
     from openalign.models.bundle import load_bundle
 
     bundle = load_bundle(model_dir)

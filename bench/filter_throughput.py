@@ -1,4 +1,4 @@
-"""Text-filter throughput: DuckDB (openalign.data.filter) vs a straightforward pandas version.
+"""Text-filter throughput: DuckDB (openalign.corpus.filter) vs a straightforward pandas version.
 
     python bench/filter_throughput.py --pairs 10000000
 
@@ -83,7 +83,7 @@ def pandas_filter(path: str, top_n: int, max_imgs: int, max_texts: int, lo: int,
 
 
 def duckdb_filter(path: str, top_n: int, max_imgs: int, max_texts: int, lo: int, hi: int) -> dict:
-    from openalign.data.filter import TextFilterConfig, filter_pairs
+    from openalign.corpus.filter import TextFilterConfig, filter_pairs
 
     out = Path(tempfile.mkdtemp()) / "pairs.parquet"
     s = filter_pairs(path, out, TextFilterConfig(max_imgs, max_texts, top_n, lo, hi))

@@ -147,7 +147,7 @@ class Row:
 
 def bench_preset(preset: str, batch: int, steps: int, warmup: int, seq_len: int, vocab: int,
                  variants: list[str]) -> list[Row]:
-    from openalign.data.transforms import normalize_pixels
+    from openalign.models.preprocess import normalize_pixels
     from openalign.models.presets import get_preset
 
     p = get_preset(preset)
@@ -190,7 +190,7 @@ def bench_preset(preset: str, batch: int, steps: int, warmup: int, seq_len: int,
 
 def time_parts(preset: str, batch: int, vocab: int, seq_len: int, reps: int = 5) -> dict[str, float]:
     """Milliseconds for the pieces that differ: optimizer steps alone, pixel normalisation, loss."""
-    from openalign.data.transforms import normalize_pixels
+    from openalign.models.preprocess import normalize_pixels
     from openalign.losses import global_contrastive_loss
     from openalign.models.dual_encoder import DualEncoder
     from openalign.train.optim import build_optimizer

@@ -64,7 +64,7 @@ class Job:
 def base_train_config(steps: int):
     """The demo's validated tiny recipe (AdamW 2e-3, temperature lr 0.2, batch 128, warm-up 30),
     shortened to ``steps``; no intermediate checkpoints."""
-    from openalign.demo import DemoConfig
+    from openalign.apps.demo import DemoConfig
 
     return replace(DemoConfig.train, steps=steps, ckpt_every=10**9, log_every=10, workers=1, threads=1)
 
@@ -78,7 +78,7 @@ def corpus_dir(out: Path, num_train: int, noise_rate: float) -> Path:
 
 def ensure_corpus(out: Path, num_train: int, noise_rate: float) -> dict:
     """Generate (once) a synthetic corpus; returns its stats.json (with ``shards``)."""
-    from openalign.data.synth import generate_corpus
+    from openalign.corpus.synth import generate_corpus
 
     root = corpus_dir(out, num_train, noise_rate)
     stats = root / "stats.json"
@@ -90,7 +90,7 @@ def ensure_corpus(out: Path, num_train: int, noise_rate: float) -> dict:
 
 def ensure_world(out: Path) -> dict:
     """Base corpus + shared tokenizer; returns paths."""
-    from openalign.data.texts import iter_shard_texts
+    from openalign.media.texts import iter_shard_texts
     from openalign.models.tokenizer import train_wordpiece
 
     stats = ensure_corpus(out, BASE_NUM_TRAIN, BASE_NOISE)

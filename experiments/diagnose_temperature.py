@@ -30,7 +30,7 @@ def batches(shards: str, n_batches: int, bs: int = 128):
 
     from PIL import Image
 
-    from openalign.data.shards import expand_urls, iter_samples
+    from openalign.media.shards import expand_urls, iter_samples
 
     buf = []
     for s in iter_samples(expand_urls(shards), Counter()):

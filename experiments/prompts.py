@@ -54,7 +54,7 @@ def evaluate(model_dir: str, data_root, tasks=TASKS) -> dict:
 def main() -> None:
     import numpy as np
 
-    from openalign.data.synth import write_classification_split
+    from openalign.corpus.synth import write_classification_split
 
     ap = common_args(argparse.ArgumentParser(description=__doc__))
     ap.add_argument("--extra-model", action="append", default=[],

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from openalign.cli.main import main
-from openalign.data import build as build_mod
-from openalign.data.build import STAGES, BuildConfig, build
-from openalign.data.dedup import DedupConfig
-from openalign.data.download import DownloadConfig
-from openalign.data.filter import TextFilterConfig
+from openalign.corpus import build as build_mod
+from openalign.corpus.build import STAGES, BuildConfig, build
+from openalign.corpus.dedup import DedupConfig
+from openalign.corpus.download import DownloadConfig
+from openalign.corpus.filter import TextFilterConfig
 
 pytest.importorskip("img2dataset")
 WORDS = ["red", "car", "blue", "sky", "green", "tree", "old", "house"]
@@ -93,7 +93,7 @@ def test_cli_filter_prints_table_and_user_error(built: dict, tmp_path: Path, cap
 def test_missing_extra_named(monkeypatch, tmp_path: Path) -> None:
     import builtins
 
-    from openalign.data import download
+    from openalign.corpus import download
     from openalign.errors import UserError
 
     real_import = builtins.__import__

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from openalign.data.dedup import DedupConfig, dedup_shards
+from openalign.corpus.dedup import DedupConfig, dedup_shards
 from openalign.errors import UserError
 
 imagehash = pytest.importorskip("imagehash")
@@ -120,9 +120,9 @@ def test_embedding_method_threshold(corpus: dict, monkeypatch) -> None:
             x = x - x.mean(dim=1, keepdim=True)
             return torch.nn.functional.normalize(x, dim=-1)
 
-    import openalign.models.bundle as bundle
+    import openalign.corpus.dedup as dedup_mod
 
-    monkeypatch.setattr(bundle, "load_bundle", lambda path, **kw: FakeBundle())
+    monkeypatch.setattr(dedup_mod, "load_bundle", lambda path, **kw: FakeBundle())
     report = dedup_shards(corpus["shards"], corpus["eval"], corpus["tmp"] / "o",
                           DedupConfig(method="embedding", model_dir="fake"))
     assert {r["key"] for r in report.removed} == {"0100", "1100"}

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from openalign.data.download import DownloadConfig, download, failure_reason, to_fetchable
+from openalign.corpus.download import DownloadConfig, download, failure_reason, to_fetchable
 
 pytest.importorskip("img2dataset")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from openalign.data.extract import ExtractConfig, extract
+from openalign.corpus.extract import ExtractConfig, extract
 from openalign.errors import UserError
 
 PAGE = """<!doctype html><html><head><title>t</title>{base}</head><body>

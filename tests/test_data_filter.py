@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from openalign.data.filter import RULES, TextFilterConfig, filter_pairs, format_stats_table
+from openalign.corpus.filter import RULES, TextFilterConfig, filter_pairs, format_stats_table
 from openalign.errors import UserError
 
 SMALL = TextFilterConfig(max_images_per_text=3, max_texts_per_image=4, vocab_top_n=150, min_unigrams=2, max_unigrams=6)
@@ -133,7 +133,7 @@ def spark():
     pytest.importorskip("pyspark")
     if shutil.which("java") is None:
         pytest.skip("java not installed")
-    from openalign.data.filter import spark_session
+    from openalign.corpus.filter import spark_session
 
     session = spark_session("local[1]")
     session.sparkContext.setLogLevel("ERROR")

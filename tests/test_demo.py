@@ -3,7 +3,7 @@
 import json
 from dataclasses import replace
 
-from openalign.demo import DemoConfig, run_demo
+from openalign.apps.demo import DemoConfig, run_demo
 
 
 def test_demo_runs_end_to_end_small(tmp_path):

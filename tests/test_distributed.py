@@ -59,7 +59,7 @@ def test_bn_running_stats_updated_once_with_micro_batches():
     """After a feature-cached step, BN running stats equal those of the pass-1 forwards alone."""
     from dist_step_worker import global_batch
 
-    from openalign.data.transforms import normalize_pixels
+    from openalign.models.preprocess import normalize_pixels
     from openalign.models import DualEncoder, get_preset
 
     stepped = step_grads(4, freeze_bn=False, dropout=True)

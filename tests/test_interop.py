@@ -112,7 +112,7 @@ def test_batched_file_pipeline_matches(align_dir, tmp_path) -> None:
     """The evaluations' DataLoader path (JPEG files, decode workers) equals plain transformers too."""
     from transformers import AlignModel, AlignProcessor
 
-    from openalign.evals.embed import embed_image_files
+    from openalign.models.embed import embed_image_files
 
     paths = []
     for i, im in enumerate(_images()):

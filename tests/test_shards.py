@@ -5,8 +5,9 @@ from collections import Counter
 import pytest
 import torch
 
-from openalign.data.shards import ReaderSlot, ShardStream, expand_urls
-from openalign.data.transforms import ImageTransform
+from openalign.media.shards import expand_urls
+from openalign.train.data import ReaderSlot, ShardStream
+from openalign.models.preprocess import ImageTransform
 
 from conftest import write_shards
 

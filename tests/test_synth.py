@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from openalign.data import synth
-from openalign.data.shards import ShardStream, expand_urls, iter_samples
+from openalign.corpus import synth
+from openalign.media.shards import expand_urls, iter_samples
+from openalign.train.data import ShardStream
 
 N, NOISE = 300, 0.3
 

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from openalign.data import synth
-from openalign.data.texts import iter_parquet_texts, iter_shard_texts, resolve_text_column
+from openalign.corpus import synth
+from openalign.media.texts import iter_parquet_texts, iter_shard_texts, resolve_text_column
 from openalign.errors import UserError
 
 

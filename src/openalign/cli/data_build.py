@@ -48,10 +48,10 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cfgs(a: argparse.Namespace) -> dict[str, Any]:
-    from openalign.data.dedup import DedupConfig
-    from openalign.data.download import DownloadConfig
-    from openalign.data.extract import ExtractConfig
-    from openalign.data.filter import TextFilterConfig
+    from openalign.corpus.dedup import DedupConfig
+    from openalign.corpus.download import DownloadConfig
+    from openalign.corpus.extract import ExtractConfig
+    from openalign.corpus.filter import TextFilterConfig
 
     def pick(cls, **renames):
         names = {f.name for f in dataclasses.fields(cls)}
@@ -66,7 +66,7 @@ def _cfgs(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_extract(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from openalign.data.extract import extract, list_inputs
+    from openalign.corpus.extract import extract, list_inputs
 
     with tqdm(total=len(list_inputs(a.inputs)), desc="extract", unit="file") as bar:
         stats = extract(a.inputs, a.out, _cfgs(a)["extract"], on_file=lambda p: bar.update())
@@ -77,7 +77,7 @@ def cmd_extract(a: argparse.Namespace) -> int:
 def cmd_filter(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from openalign.data.filter import N_STEPS, filter_pairs, format_stats_table, parquet_files, resolve_columns
+    from openalign.corpus.filter import N_STEPS, filter_pairs, format_stats_table, parquet_files, resolve_columns
 
     resolve_columns(parquet_files(a.inputs), a.url_column, a.text_column)  # bad input fails before the bar shows
     with tqdm(total=N_STEPS, desc="filter", unit="step") as bar:
@@ -88,14 +88,14 @@ def cmd_filter(a: argparse.Namespace) -> int:
 
 
 def cmd_download(a: argparse.Namespace) -> int:
-    from openalign.data.download import download, format_download_stats
+    from openalign.corpus.download import download, format_download_stats
 
     print(format_download_stats(download(a.pairs, a.out, _cfgs(a)["download"])))
     return 0
 
 
 def cmd_dedup(a: argparse.Namespace) -> int:
-    from openalign.data.dedup import dedup_shards
+    from openalign.corpus.dedup import dedup_shards
 
     report = dedup_shards(a.shards, a.eval_images, a.out, _cfgs(a)["dedup"], image_root=a.image_root)
     print(f"{len(report.removed):,} near-duplicates of {report.eval_images:,} evaluation images removed; "
@@ -105,7 +105,7 @@ def cmd_dedup(a: argparse.Namespace) -> int:
 
 
 def cmd_build(a: argparse.Namespace) -> int:
-    from openalign.data.build import BuildConfig, build
+    from openalign.corpus.build import BuildConfig, build
 
     c = _cfgs(a)
     cfg = BuildConfig(inputs=tuple(a.inputs), out_dir=a.out, eval_images=a.eval_images, eval_image_root=a.image_root,

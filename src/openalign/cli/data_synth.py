@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from openalign.data.synth import generate_corpus
+    from openalign.corpus.synth import generate_corpus
     from openalign.errors import UserError
 
     if not 0.0 <= args.noise_rate <= 1.0:

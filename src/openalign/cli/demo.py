@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from openalign.demo import DemoConfig, run_demo
+    from openalign.apps.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=args.out, seed=args.seed)
     if args.num_train:

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from openalign.data.texts import iter_parquet_texts, iter_shard_texts
+    from openalign.media.texts import iter_parquet_texts, iter_shard_texts
     from openalign.errors import UserError
     from openalign.models.tokenizer import train_wordpiece
 

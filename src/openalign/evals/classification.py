@@ -64,7 +64,7 @@ class Embedded:
 
 
 def embed_labeled(bundle: Any, source: str, image_root: str | None, ctx: EvalContext, desc: str) -> Embedded:
-    from openalign.evals.embed import embed_image_files
+    from openalign.models.embed import embed_image_files
 
     data: LabeledImages = read_labeled(source, image_root)
     res = embed_image_files(bundle, data.paths, ctx.batch_size, ctx.workers, ctx.progress, ctx.cache_dir, desc)

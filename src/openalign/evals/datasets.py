@@ -16,8 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from openalign.errors import UserError
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from openalign.media.images import IMAGE_SUFFIXES, list_images
 BUILTIN = "imagenet1k"
 SINGLE_TEMPLATE = "a photo of a {c}."
 CLASSNAMES_ASSET = "en_classnames.json"
@@ -48,12 +47,11 @@ def read_image_folder(root: Path) -> LabeledImages:
         raise UserError(f"{root}: no class folders; an ImageFolder tree is root/<class>/<image>")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        for f in sorted((root / name).rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTS and f.is_file():
-                paths.append(str(f))
-                labels.append(label)
+        for f in list_images(root / name):
+            paths.append(str(f))
+            labels.append(label)
     if not paths:
-        raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_EXTS))}) under the class folders")
+        raise UserError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) under the class folders")
     return LabeledImages(paths, labels, classes)
 
 

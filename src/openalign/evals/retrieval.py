@@ -135,7 +135,7 @@ def _plot(metrics: dict[str, float]):
 
 @register_evaluator("retrieval", RetrievalConfig)
 def run_retrieval(bundle: Any, cfg: RetrievalConfig, ctx: EvalContext) -> EvalResult:
-    from openalign.evals.embed import embed_image_files
+    from openalign.models.embed import embed_image_files
 
     data = read_karpathy(cfg.karpathy_json, cfg.image_root, cfg.split)
     images = embed_image_files(bundle, data.image_paths, ctx.batch_size, ctx.workers, ctx.progress,

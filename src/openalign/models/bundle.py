@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from openalign.data.transforms import ImageTransform, transform_from_processor_config
+from openalign.models.preprocess import ImageTransform, transform_from_processor_config
 from openalign.models.dual_encoder import DualEncoder
 from openalign.models.tokenizer import MAX_TEXT_LEN, load_tokenizer, tokenize
 

@@ -1,40 +1,25 @@
 """Embed an image source with a model and write (or extend) an index.
 
-The embedding loop is deliberately small and local (DataLoader workers decode and transform,
-the main process runs the model); it can be swapped for a shared batched embedder by passing
-another ``embed_batches`` function.
+Embedding goes through the shared pipeline (:func:`openalign.models.embed.embed_batches`); tests
+and benchmarks may pass another ``embed`` function with the same signature.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 
 from openalign.errors import UserError
+from openalign.models.bundle import load_bundle
+from openalign.models.embed import embed_batches, model_identity
 from openalign.search.index import IndexContents, IndexParams, append_contents, normalise_metadata, read_manifest, write_index
-from openalign.search.sources import collate, make_source
+from openalign.search.sources import make_source
 
 log = logging.getLogger(__name__)
-
-
-def embed_batches(bundle: Any, dataset: torch.utils.data.Dataset, batch_size: int = 32, num_workers: int = 2,
-                  total: int | None = None) -> Iterator[dict[str, Any]]:
-    """Batches of ``{"vectors": (B, D) np.float32, "rows": [...], "errors": [...]}`` with a progress bar."""
-    from tqdm import tqdm
-
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                                         shuffle=False)
-    with tqdm(total=total, unit="img", desc="embedding", leave=False) as bar:
-        for batch in loader:
-            vecs = bundle.encode_pixels(batch["pixels"]).numpy() if batch["pixels"] is not None else None
-            bar.update(len(batch["rows"]) + len(batch["errors"]))
-            yield {"vectors": vecs, "rows": batch["rows"], "errors": batch["errors"]}
 
 
 def collect(bundle: Any, batches: Iterator[dict[str, Any]], index_captions: bool = True) -> IndexContents:
@@ -65,23 +50,6 @@ def collect(bundle: Any, batches: Iterator[dict[str, Any]], index_captions: bool
         cap_vecs = np.asarray(bundle.encode_texts(meta["caption"][cap_ids].tolist())).astype(np.float32)
     return IndexContents(vectors=vectors, metadata=meta, model=model_identity(bundle), thumbnails=bytes(thumbs),
                          caption_vectors=cap_vecs, caption_ids=cap_ids, stats=dict(stats))
-
-
-def model_identity(bundle: Any) -> dict[str, Any]:
-    """Name, directory, dim, preset and a fingerprint of the config + weights' first MB."""
-    d = Path(bundle.name) if getattr(bundle, "name", "") else None
-    ident: dict[str, Any] = {"name": getattr(bundle, "name", "") or "unnamed", "dim": int(bundle.dim),
-                             "dir": str(d.resolve()) if d is not None and d.is_dir() else None}
-    preset = getattr(getattr(bundle, "model", None), "preset", None)
-    ident["preset"] = preset.name if preset is not None else None
-    if ident["dir"]:
-        h = hashlib.sha256()
-        for f in sorted(Path(ident["dir"]).glob("*")):
-            if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
-                with open(f, "rb") as fh:
-                    h.update(f.name.encode() + fh.read(2**20))
-        ident["fingerprint"] = h.hexdigest()[:16]
-    return ident
 
 
 def build_index(out: str | Path, model_dir: str | Path | None, images: str | None = None, shards: str | None = None,
@@ -119,8 +87,6 @@ def add_to_index(index_dir: str | Path, model_dir: str | Path | None = None, ima
 
 
 def _load(model_dir: str | Path):
-    from openalign.models.bundle import load_bundle
-
     if not Path(model_dir).is_dir():
         raise UserError(f"--model {model_dir}: not a folder; pass a model directory written by `openalign train`")
     return load_bundle(model_dir)

@@ -2,22 +2,26 @@
 
 Each source is a torch Dataset yielding one item per image: the eval-transformed pixels, the
 metadata row (path/url, caption, width, height) and a small JPEG thumbnail, or the reason it was
-skipped. Items are decoded in DataLoader workers; :func:`collate` keeps good and bad apart.
+skipped. Items are decoded in DataLoader workers; :func:`openalign.models.embed.collate_items` keeps good and bad apart.
 """
 
 from __future__ import annotations
 
 import io
+import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pandas as pd
 import torch
 from PIL import Image
 
 from openalign.errors import UserError
+from openalign.media.images import IMAGE_SUFFIXES, list_images, open_image, to_rgb
+from openalign.media.shards import decode_image, iter_samples, resolve_shards, sample_caption
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 MAX_DOWNLOAD_BYTES = 50 * 2**20
 PATH_COLUMNS = ("path", "image_path", "filepath", "file")
 URL_COLUMNS = ("url", "image_url")
@@ -36,7 +40,7 @@ def folder_records(root: str | Path) -> list[Record]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"--images {root}: not a folder; pass a folder of .jpg/.png/.webp images")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = list_images(root)
     if not files:
         raise UserError(f"--images {root}: no images ({', '.join(IMAGE_SUFFIXES)}) found; check the folder")
     out = []
@@ -49,8 +53,6 @@ def folder_records(root: str | Path) -> list[Record]:
 
 def parquet_records(file: str | Path) -> list[Record]:
     """Rows of a Parquet table with a path column (relative to the file) or a URL column, and an optional caption."""
-    import pandas as pd
-
     file = Path(file)
     if not file.is_file():
         raise UserError(f"--parquet {file}: file not found")
@@ -79,22 +81,16 @@ def open_record(rec: Record) -> Image.Image:
     elif rec.url and rec.url.startswith("file://"):
         data = Path(rec.url[len("file://"):]).read_bytes()
     elif rec.url:
-        import urllib.request
-
         with urllib.request.urlopen(rec.url, timeout=10) as resp:  # noqa: S310 (user-supplied URL list)
             data = resp.read(MAX_DOWNLOAD_BYTES + 1)
         if len(data) > MAX_DOWNLOAD_BYTES:
             raise ValueError("image larger than 50 MB")
     else:
         raise ValueError("record has neither path nor url")
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
+    return open_image(data)
 
 
 def make_item(img: Image.Image, rec: Record, transform: Callable, thumb_size: int) -> dict[str, Any]:
-    from openalign.data.transforms import to_rgb
-
     rgb = to_rgb(img)
     item: dict[str, Any] = {"pixels": transform(rgb), "path": rec.path, "url": rec.url, "caption": rec.caption,
                             "width": rgb.width, "height": rgb.height, "thumb": b""}
@@ -132,39 +128,22 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.urls, self.transform, self.thumb_size = urls, transform, thumb_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from collections import Counter
-
-        from openalign.data.shards import decode_sample, iter_samples
-
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         counts: Counter = Counter()
         for url in self.urls[wid::nw]:
             for sample in iter_samples([url], counts):
-                img, caption, reason = decode_sample(sample)
-                if reason is not None and reason not in ("missing_caption", "empty_caption"):
-                    yield {"error": reason, "detail": f"{url}#{sample.get('__key__')}"}
+                rec = Record(path=f"{url}#{sample.get('__key__')}", caption=sample_caption(sample) or None)
+                img, reason = decode_image(sample)  # a missing caption is fine: the image is still indexed
+                if reason is not None:
+                    yield {"error": reason, "detail": rec.path}
                     continue
-                if img is None:  # caption missing: still index the image
-                    img, _, reason = decode_sample({**sample, "txt": b"-"})
-                    caption = None
-                rec = Record(path=f"{url}#{sample.get('__key__')}", caption=caption)
                 try:
                     yield make_item(img, rec, self.transform, self.thumb_size)
                 except Exception as exc:
                     yield {"error": "corrupt_image", "detail": f"{rec.path}: {exc}"}
         if counts.get("broken_shard_errors"):
             yield {"error": "broken_shard", "detail": f"{counts['broken_shard_errors']} shard read error(s)"}
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the good items' pixels; keep their metadata and the skipped items' reasons."""
-    good = [it for it in items if "error" not in it]
-    return {
-        "pixels": torch.stack([it.pop("pixels") for it in good]) if good else None,
-        "rows": good,
-        "errors": [(it["error"], it.get("detail", "")) for it in items if "error" in it],
-    }
 
 
 def make_source(images: str | None = None, shards: str | None = None, parquet: str | None = None,
@@ -179,13 +158,4 @@ def make_source(images: str | None = None, shards: str | None = None, parquet: s
     if parquet:
         ds = RecordDataset(parquet_records(parquet), transform, thumb_size)
         return ds, len(ds)
-    from openalign.data.shards import expand_urls
-
-    try:
-        urls = expand_urls(shards)
-    except ValueError as exc:
-        raise UserError(f"--shards {shards}: {exc}") from None
-    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
-    if missing:
-        raise UserError(f"--shards: {missing[0]} not found ({len(missing)} of {len(urls)} missing); check the pattern")
-    return ShardDataset(urls, transform, thumb_size), None
+    return ShardDataset(resolve_shards(shards), transform, thumb_size), None

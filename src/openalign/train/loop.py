@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from openalign.config import to_dict, write_json_atomic
-from openalign.data.shards import ShardStream, expand_urls, make_loader
-from openalign.data.transforms import transform_for
+from openalign.media.shards import expand_urls
+from openalign.train.data import ShardStream, make_loader
+from openalign.models.preprocess import transform_for
 from openalign.errors import UserError
 from openalign.models.dual_encoder import DualEncoder
 from openalign.models.presets import get_preset

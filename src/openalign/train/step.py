@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from openalign.data.transforms import normalize_pixels
+from openalign.models.preprocess import normalize_pixels
 from openalign.losses import global_contrastive_loss
 
 

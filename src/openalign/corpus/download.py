@@ -12,20 +12,23 @@ to img2dataset as ``file://`` URIs). Failures are counted by reason in ``downloa
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import re
 import shutil
-import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from openalign.corpus.filter import parquet_files, resolve_columns
 from openalign.errors import UserError
 from openalign.io import atomic_write_text, atomic_write_with
+from openalign.media.shards import group_meta, read_tar_groups, write_tar
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +83,6 @@ def to_fetchable(url: str, local_root: Path) -> str | None:
 
 def prepare_input(pairs: str | Path, work: Path, cfg: DownloadConfig, stats: DownloadStats) -> Path:
     """pairs Parquet (file or folder) -> img2dataset's input folder with url, text, page_url."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from openalign.data.filter import parquet_files, resolve_columns
-
     files = parquet_files([pairs])
     url_col, text_col, page_col = resolve_columns(files, None, None)
     root = Path(cfg.local_root or os.getcwd())
@@ -160,20 +158,10 @@ def _keep(meta: dict[str, Any], cfg: DownloadConfig) -> str | None:
 
 def post_filter_shard(shard: Path, cfg: DownloadConfig, stats: DownloadStats) -> int:
     """Rewrite ``shard`` without samples that break the strict image rules; return samples kept."""
-    groups: dict[str, list[tuple[tarfile.TarInfo, bytes]]] = {}
-    try:
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                if m.isfile():
-                    key = m.name.split(".", 1)[0]
-                    groups.setdefault(key, []).append((m, tar.extractfile(m).read()))
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        log.warning("%s: broken shard (%s); kept what was readable", shard, exc)
-        stats.failures["broken_shard"] += 1
+    groups = read_tar_groups(shard, stats.failures)
     kept, dropped = {}, 0
     for key, members in groups.items():
-        meta = next((json.loads(b) for m, b in members if m.name.endswith(".json")), {})
-        reason = _keep(meta, cfg)
+        reason = _keep(group_meta(members), cfg)
         if reason:
             stats.failures[reason] += 1
             dropped += 1
@@ -182,13 +170,6 @@ def post_filter_shard(shard: Path, cfg: DownloadConfig, stats: DownloadStats) ->
     if dropped:
         atomic_write_with(shard, lambda tmp: write_tar(tmp, kept))
     return len(kept)
-
-
-def write_tar(path: str | Path, groups: dict[str, list[tuple[tarfile.TarInfo, bytes]]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for members in groups.values():
-            for info, data in members:
-                tar.addfile(info, io.BytesIO(data))
 
 
 def download(pairs: str | Path, out_dir: str | Path, cfg: DownloadConfig = DownloadConfig(),

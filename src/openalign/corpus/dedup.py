@@ -13,11 +13,7 @@ lists every removed sample with the evaluation image it matched.
 
 from __future__ import annotations
 
-import io
 import json
-import logging
-import os
-import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +24,10 @@ from PIL import Image
 
 from openalign.errors import UserError
 from openalign.io import atomic_write_text, atomic_write_with
-
-log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
-SHARD_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+from openalign.media.images import iter_images, try_open_rgb
+from openalign.media.shards import (group_image_bytes, group_meta, iter_samples, read_tar_groups, resolve_shards,
+                                    sample_image_bytes, write_tar)
+from openalign.models.bundle import load_bundle
 
 
 @dataclass(frozen=True)
@@ -65,10 +61,10 @@ def eval_image_sources(spec: str | Path, image_root: str | Path | None = None) -
     """(name, path or bytes) for each evaluation image in a folder, a Karpathy JSON or shards."""
     p = Path(spec)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = list(iter_images(p))
         if not files:
             raise UserError(f"{p}: no image files found; pass a folder of evaluation images, a Karpathy JSON or shards")
-        yield from ((str(f.relative_to(p)), f) for f in files)
+        yield from files
     elif p.suffix.lower() == ".json":
         yield from _karpathy_images(p, Path(image_root) if image_root else p.parent)
     else:
@@ -90,21 +86,11 @@ def _karpathy_images(path: Path, root: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _shard_images(spec: str) -> Iterator[tuple[str, bytes]]:
-    from openalign.data.shards import expand_urls, iter_samples
-
     counts: Counter = Counter()
-    for s in iter_samples(expand_urls(spec), counts):
-        data = next((s[e] for e in SHARD_IMAGE_EXTS if e in s), None)
+    for s in iter_samples(resolve_shards(spec, flag="--eval-images"), counts):
+        data = sample_image_bytes(s)
         if data is not None:
             yield f"{s.get('__url__', '')}:{s['__key__']}", data
-
-
-def _open_rgb(src: Any) -> Image.Image | None:
-    try:
-        img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
-        return img.convert("RGB")
-    except Exception:
-        return None
 
 
 # ---------------------------------------------------------------- matchers
@@ -119,8 +105,10 @@ class PHashMatcher:
 
     @staticmethod
     def hashes(images: list[Image.Image]) -> np.ndarray:
-        import imagehash
-
+        try:  # lazy: imagehash (with scipy) is an optional dependency, needed by this method only
+            import imagehash
+        except ImportError:
+            raise UserError("dedup --method phash needs imagehash: pip install imagehash") from None
         bits = np.stack([imagehash.phash(im).hash.reshape(-1) for im in images]) if images else np.zeros((0, 64), bool)
         return np.packbits(bits, axis=1).view(">u8").reshape(-1).astype(np.uint64)
 
@@ -141,8 +129,6 @@ class EmbeddingMatcher:
     def __init__(self, cfg: DedupConfig) -> None:
         if not cfg.model_dir:
             raise UserError("dedup method 'embedding' needs a model: pass --model DIR (a directory from `openalign train`)")
-        from openalign.models.bundle import load_bundle
-
         self.bundle = load_bundle(cfg.model_dir)
         self.threshold = cfg.cosine
         self.parts: list[np.ndarray] = []
@@ -172,7 +158,7 @@ def fit_eval_images(matcher: Any, spec: str | Path, image_root: str | Path | Non
     names: list[str] = []
     buf: list[Image.Image] = []
     for name, src in eval_image_sources(spec, image_root):
-        img = _open_rgb(src)
+        img = try_open_rgb(src)
         if img is None:
             report.skipped["unreadable_eval_image"] += 1
             continue
@@ -191,58 +177,15 @@ def fit_eval_images(matcher: Any, spec: str | Path, image_root: str | Path | Non
 # ---------------------------------------------------------------- shards
 
 
-def read_shard_groups(shard: str | Path, report: DedupReport) -> dict[str, list[tuple[tarfile.TarInfo, bytes]]]:
-    """key -> members, in file order; a broken tar keeps what was readable before the damage."""
-    groups: dict[str, list[tuple[tarfile.TarInfo, bytes]]] = {}
-    try:
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                if m.isfile():
-                    base = m.name.rsplit("/", 1)[-1]
-                    key = m.name[: len(m.name) - len(base)] + base.split(".", 1)[0]
-                    groups.setdefault(key, []).append((m, tar.extractfile(m).read()))
-            end = tar.offset
-        if _nonzero_after(shard, end):  # tarfile stops quietly at a damaged header
-            raise tarfile.ReadError(f"unreadable data after byte {end}")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        log.warning("%s: broken shard (%s); kept the samples read before the damage", shard, exc)
-        report.skipped["broken_shard"] += 1
-    return groups
-
-
-def _nonzero_after(path: str | Path, offset: int) -> bool:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        while chunk := fh.read(1 << 20):
-            if chunk.strip(b"\0"):
-                return True
-    return False
-
-
-def _sample_image(members: list[tuple[tarfile.TarInfo, bytes]]) -> Image.Image | None:
-    data = next((b for m, b in members if m.name.rsplit(".", 1)[-1].lower() in SHARD_IMAGE_EXTS), None)
-    return _open_rgb(data) if data is not None else None
-
-
-def _sample_meta(members: list[tuple[tarfile.TarInfo, bytes]]) -> dict[str, Any]:
-    for m, b in members:
-        if m.name.endswith(".json"):
-            try:
-                return json.loads(b)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return {}
-    return {}
-
-
 def dedup_shard(shard: str | Path, out: Path, matcher: Any, eval_names: list[str], cfg: DedupConfig,
                 report: DedupReport) -> None:
-    groups = read_shard_groups(shard, report)
+    groups = read_tar_groups(shard, report.skipped)
     keys = list(groups)
     report.samples_in += len(keys)
     drop: set[str] = set()
     for i in range(0, len(keys), cfg.batch_size):
         batch = keys[i : i + cfg.batch_size]
-        images = {k: _sample_image(groups[k]) for k in batch}
+        images = {k: try_open_rgb(group_image_bytes(groups[k])) for k in batch}
         for k in batch:
             if images[k] is None:
                 report.skipped["corrupt_image"] += 1
@@ -250,14 +193,12 @@ def dedup_shard(shard: str | Path, out: Path, matcher: Any, eval_names: list[str
         good = [k for k in batch if images[k] is not None]
         for k, hit in zip(good, matcher.match([images[k] for k in good])):
             if hit is not None:
-                meta = _sample_meta(groups[k])
+                meta = group_meta(groups[k])
                 report.removed.append({"shard": Path(shard).name, "key": k, "url": meta.get("url"),
                                        "eval_image": eval_names[hit[0]], "score": hit[1]})
                 drop.add(k)
     kept = {k: v for k, v in groups.items() if k not in drop}
     report.samples_out += len(kept)
-    from openalign.data.download import write_tar
-
     atomic_write_with(out, lambda tmp: write_tar(tmp, kept))
 
 
@@ -265,9 +206,7 @@ def dedup_shards(shards: str | list[str], eval_spec: str | Path, out_dir: str | 
                  cfg: DedupConfig = DedupConfig(), image_root: str | Path | None = None,
                  on_shard: Callable[[str], None] | None = None) -> DedupReport:
     """Copy ``shards`` into ``out_dir`` without near-duplicates of the evaluation images."""
-    from openalign.data.shards import expand_urls
-
-    urls = _shard_list(shards, expand_urls)
+    urls = _shard_list(shards)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = DedupReport(config=asdict(cfg))
@@ -281,15 +220,8 @@ def dedup_shards(shards: str | list[str], eval_spec: str | Path, out_dir: str | 
     return report
 
 
-def _shard_list(shards: str | list[str], expand: Callable[[Any], list[str]]) -> list[str]:
-    if isinstance(shards, (str, Path)) and Path(shards).is_dir():
-        urls = sorted(str(p) for p in Path(shards).glob("*.tar"))
-    else:
-        urls = expand(shards if isinstance(shards, list) else str(shards))
-    missing = [u for u in urls if not os.path.exists(u)]
-    if not urls or missing:
-        raise UserError(f"{(missing or [shards])[0]}: shard not found; pass a shard folder or a pattern like "
-                        "shards/{00000..00009}.tar")
+def _shard_list(shards: str | list[str]) -> list[str]:
+    urls = resolve_shards(shards if isinstance(shards, list) else str(shards))
     names = [Path(u).name for u in urls]
     if len(set(names)) != len(names):
         raise UserError(f"{shards}: two shards share a file name; dedup writes them under their names into one folder")

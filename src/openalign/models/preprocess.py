@@ -15,16 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        bg = Image.new("RGB", img.size, (255, 255, 255))
-        bg.paste(img, mask=img.split()[-1])
-        return bg
-    return img.convert("RGB")
+from openalign.media.images import to_rgb
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

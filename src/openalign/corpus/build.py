@@ -22,12 +22,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from openalign.data.dedup import DedupConfig
-from openalign.data.download import DownloadConfig
-from openalign.data.extract import ExtractConfig
-from openalign.data.filter import TextFilterConfig
+from tqdm.auto import tqdm
+
+from openalign.corpus.dedup import DedupConfig, dedup_shards
+from openalign.corpus.download import DownloadConfig, download
+from openalign.corpus.extract import ExtractConfig, extract, list_inputs
+from openalign.corpus.filter import N_STEPS, TextFilterConfig, filter_pairs
 from openalign.errors import UserError
 from openalign.io import atomic_write_text
+from openalign.media.texts import iter_shard_texts
+from openalign.models.tokenizer import train_wordpiece
 
 STAGES = ("extract", "filter", "download", "dedup", "tokenizer")
 MANIFEST = "build_manifest.json"
@@ -88,14 +92,10 @@ class Manifest:
 
 
 def _bar(desc: str, total: int | None, progress: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=f"{desc:<9}", unit="step", disable=not progress, leave=True)
 
 
 def run_extract(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
-    from openalign.data.extract import extract, list_inputs
-
     n = len(list_inputs(list(cfg.inputs)))
     with _bar("extract", n, progress) as bar:
         stats = extract(list(cfg.inputs), out / "candidates.parquet", cfg.extract, on_file=lambda p: bar.update())
@@ -103,8 +103,6 @@ def run_extract(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str],
 
 
 def run_filter(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
-    from openalign.data.filter import N_STEPS, filter_pairs
-
     with _bar("filter", N_STEPS, progress) as bar:
         stats = filter_pairs(out / "candidates.parquet", out / "pairs.parquet", cfg.filter, engine=cfg.engine,
                              on_step=lambda name: bar.update())
@@ -112,16 +110,12 @@ def run_filter(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], 
 
 
 def run_download(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
-    from openalign.data.download import download
-
     with _bar("download", None, progress) as bar:
         stats = download(out / "pairs.parquet", out / "raw_shards", cfg.download, on_shard=lambda p: bar.update())
     return ["raw_shards"], {"written": stats.written, "failures": dict(stats.failures)}
 
 
 def run_dedup(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
-    from openalign.data.dedup import dedup_shards
-
     shards = sorted((out / "raw_shards").glob("*.tar"))
     if cfg.eval_images is None:
         return [], {"skipped": "no evaluation images given; training shards are raw_shards/"}
@@ -135,22 +129,9 @@ def final_shard_dir(out: Path, cfg: BuildConfig) -> Path:
     return out / ("shards" if cfg.eval_images is not None else "raw_shards")
 
 
-def shard_texts(folder: Path) -> list[str]:
-    """The alt-texts (KEY.txt) of every shard in ``folder``; broken shards counted out."""
-    from collections import Counter
-
-    from openalign.data.shards import iter_samples
-
-    counts: Counter = Counter()
-    urls = [str(p) for p in sorted(folder.glob("*.tar"))]
-    return [s["txt"].decode("utf-8", "replace") for s in iter_samples(urls, counts) if "txt" in s]
-
-
 def run_tokenizer(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
-    from openalign.models.tokenizer import train_wordpiece
-
     with _bar("tokenizer", 1, progress) as bar:
-        texts = shard_texts(final_shard_dir(out, cfg))
+        texts = list(iter_shard_texts(str(final_shard_dir(out, cfg))))
         if not texts:
             raise UserError(f"{final_shard_dir(out, cfg)}: no samples to train the tokenizer on; "
                             "check download_stats.json for why every image failed")

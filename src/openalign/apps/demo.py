@@ -51,8 +51,8 @@ class DemoConfig:
 
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
-    from openalign.data.synth import generate_corpus
-    from openalign.data.texts import iter_shard_texts
+    from openalign.corpus.synth import generate_corpus
+    from openalign.media.texts import iter_shard_texts
     from openalign.evals.retrieval import evaluate_retrieval
     from openalign.models.bundle import load_bundle
     from openalign.models.tokenizer import train_wordpiece
@@ -92,7 +92,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
                "train": json.loads((result.run_dir / "summary.json").read_text()), "seconds": times,
                "examples": [{"query": q, "top": [h["file"] for h in hits]} for q, hits in examples]}
     write_json_atomic(out / "results.json", summary)
-    from openalign.report import write_report
+    from openalign.apps.report import write_report
 
     write_report(out / "report.html", result.run_dir / "metrics.jsonl", summary, examples, corpus.heldout_image_root)
     print_summary(summary)

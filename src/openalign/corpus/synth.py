@@ -532,7 +532,7 @@ def read_combos(shards: str) -> Iterator[tuple[str, str]]:
     """(colour, shape) of every image in synthetic shards (reads the ``KEY.json`` sidecars)."""
     from collections import Counter
 
-    from openalign.data.shards import expand_urls, iter_samples
+    from openalign.media.shards import expand_urls, iter_samples
 
     for sample in iter_samples(expand_urls(shards), Counter()):
         attrs = json.loads(sample["json"])["attributes"]

@@ -1,7 +1,4 @@
-"""Training data: WebDataset shards in img2dataset's layout, read with the ``webdataset`` library.
-
-``KEY.jpg|jpeg|png|webp`` + ``KEY.txt`` (+ ``KEY.json``). Shard specs take brace patterns
-(``shards/{00000..00099}.tar``), several specs joined by ``::``, local paths or ``pipe:`` URLs.
+"""Training batches from WebDataset shards: an endless, deterministic, resumable stream.
 
 Every rank and every DataLoader worker reads a disjoint part of the data: whole shards when there
 are at least as many shards as readers, otherwise every reader takes every n-th sample. The
@@ -13,59 +10,15 @@ shards are skipped and counted; the counts travel with the batches.
 
 from __future__ import annotations
 
-import io
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
-from PIL import Image
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-def expand_urls(spec: str | list[str]) -> list[str]:
-    """Expand brace patterns: ``a/{000..002}.tar::b.tar`` -> 4 urls."""
-    import braceexpand
-
-    specs = spec if isinstance(spec, list) else spec.split("::")
-    urls: list[str] = []
-    for s in specs:
-        urls.extend(braceexpand.braceexpand(s.strip()))
-    if not urls:
-        raise ValueError(f"shard spec {spec!r} names no shards")
-    return urls
-
-
-def decode_sample(sample: dict[str, Any]) -> tuple[Image.Image | None, str | None, str | None]:
-    """Return (image, caption, reason_skipped). Reason is None for a good sample."""
-    img_bytes = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
-    if img_bytes is None:
-        return None, None, "missing_image"
-    txt = sample.get("txt")
-    if txt is None:
-        return None, None, "missing_caption"
-    caption = txt.decode("utf-8", errors="replace").strip() if isinstance(txt, bytes) else str(txt).strip()
-    if not caption:
-        return None, None, "empty_caption"
-    try:
-        img = Image.open(io.BytesIO(img_bytes))
-        img.load()
-    except Exception:
-        return None, None, "corrupt_image"
-    return img, caption, None
-
-
-def iter_samples(urls: list[str], counts: Counter) -> Iterator[dict[str, Any]]:
-    """Raw samples (undecoded) from ``urls`` in order; broken shards counted and skipped."""
-    from webdataset.tariterators import tarfile_samples
-
-    def handler(exn: Exception) -> bool:
-        counts["broken_shard_errors"] += 1
-        return True  # skip and go on
-
-    yield from tarfile_samples(({"url": u} for u in urls), handler=handler)
+from openalign.media.shards import decode_sample, iter_samples
+from openalign.models.tokenizer import tokenize
 
 
 @dataclass
@@ -172,8 +125,6 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _collate(self, pixels: list[torch.Tensor], texts: list[str]) -> dict[str, Any]:
         batch: dict[str, Any] = {"pixel_values": torch.stack(pixels), "texts": list(texts)}
         if self.tokenizer is not None:
-            from openalign.models.tokenizer import tokenize
-
             batch.update(tokenize(self.tokenizer, texts, self.max_text_len))
         return batch
 
