@@ -13,6 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from openalign.io import atomic_write_text
+
 C = TypeVar("C")
 
 
@@ -90,6 +92,4 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON via a temp file and rename, so readers never see half a file."""
-    from openalign.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -9,6 +9,7 @@ whole gathered batch, so memory per process is linear in the global batch.
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 import torch.distributed as dist
 import torch.nn.functional as F
 
@@ -22,7 +23,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed.nn.functional import all_gather  # lazy: only under torch.distributed
 
     return torch.cat(all_gather(x.contiguous()), dim=0)
 
@@ -42,7 +43,6 @@ def _smoothed_ce(rows, cols, inv_t, labels, eps: float, max_logits: int) -> torc
     b, n = rows.shape[0], cols.shape[0]
     if b * n <= max_logits:
         return _ce_sum(rows, cols, inv_t, labels, eps) / b
-    from torch.utils.checkpoint import checkpoint
 
     tile = max(1, max_logits // n)
     total = rows.new_zeros((), dtype=torch.float32)

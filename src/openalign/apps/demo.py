@@ -11,10 +11,18 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from PIL import Image
 
-
+from openalign.apps.report import write_report
 from openalign.config import write_json_atomic
+from openalign.corpus.synth import generate_corpus
+from openalign.evals.metrics import topk_indices
+from openalign.evals.retrieval import evaluate_retrieval
+from openalign.media.texts import iter_shard_texts
+from openalign.models.bundle import load_bundle
+from openalign.models.tokenizer import train_wordpiece
 from openalign.train.config import TrainConfig
+from openalign.train.loop import train
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +59,6 @@ class DemoConfig:
 
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
-    from openalign.corpus.synth import generate_corpus
-    from openalign.media.texts import iter_shard_texts
-    from openalign.evals.retrieval import evaluate_retrieval
-    from openalign.models.bundle import load_bundle
-    from openalign.models.tokenizer import train_wordpiece
-    from openalign.train.loop import train
-
     out = Path(cfg.out)
     times: dict[str, float] = {}
     t = time.monotonic()
@@ -92,7 +93,6 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
                "train": json.loads((result.run_dir / "summary.json").read_text()), "seconds": times,
                "examples": [{"query": q, "top": [h["file"] for h in hits]} for q, hits in examples]}
     write_json_atomic(out / "results.json", summary)
-    from openalign.apps.report import write_report
 
     write_report(out / "report.html", result.run_dir / "metrics.jsonl", summary, examples, corpus.heldout_image_root)
     print_summary(summary)
@@ -102,9 +102,6 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
 
 def example_queries(bundle, karpathy_json: Path, image_root: Path, queries: tuple[str, ...], k: int = 5) -> list:
     """Text -> top-k held-out images, with their clean attributes for the report."""
-    from PIL import Image
-
-    from openalign.evals.metrics import topk_indices
 
     entries = json.loads(Path(karpathy_json).read_text())["images"]
     images = [Image.open(Path(image_root) / e["filename"]).convert("RGB") for e in entries]

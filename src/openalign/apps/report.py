@@ -8,6 +8,8 @@ import io
 import json
 from pathlib import Path
 
+from PIL import Image
+
 from openalign.io import atomic_write_text
 
 
@@ -18,7 +20,7 @@ def _png_b64(fig) -> str:
 
 
 def curves_png(metrics_jsonl: Path) -> str:
-    import matplotlib
+    import matplotlib  # lazy: pyplot must come after choosing the Agg backend
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,8 +41,6 @@ def curves_png(metrics_jsonl: Path) -> str:
 
 
 def _thumb(path: Path, size: int = 96) -> str:
-    from PIL import Image
-
     img = Image.open(path).convert("RGB")
     img.thumbnail((size, size))
     buf = io.BytesIO()

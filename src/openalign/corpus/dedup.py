@@ -25,8 +25,15 @@ from PIL import Image
 from openalign.errors import UserError
 from openalign.io import atomic_write_text, atomic_write_with
 from openalign.media.images import iter_images, try_open_rgb
-from openalign.media.shards import (group_image_bytes, group_meta, iter_samples, read_tar_groups, resolve_shards,
-                                    sample_image_bytes, write_tar)
+from openalign.media.shards import (
+    group_image_bytes,
+    group_meta,
+    iter_samples,
+    read_tar_groups,
+    resolve_shards,
+    sample_image_bytes,
+    write_tar,
+)
 from openalign.models.bundle import load_bundle
 
 

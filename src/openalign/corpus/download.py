@@ -64,7 +64,7 @@ class DownloadStats:
 
 def _img2dataset():
     try:
-        import img2dataset
+        import img2dataset  # lazy: the optional [download] extra
     except ImportError:
         raise UserError("download needs img2dataset: pip install 'openalign[download]'") from None
     return img2dataset

@@ -17,6 +17,7 @@ Skipped and counted, never a crash: broken HTML, bytes that do not decode, pages
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -26,6 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from openalign.errors import UserError
 from openalign.io import atomic_write_text
@@ -108,7 +113,7 @@ def decode_page(body: bytes, declared: str | None, stats: ExtractStats) -> str |
 
 def images_from_html(html: str, page_url: str, stats: ExtractStats, max_alt_chars: int) -> Iterator[tuple[str, str]]:
     """(absolute http(s) src, normalised alt) for each usable <img>."""
-    from selectolax.lexbor import LexborHTMLParser
+    from selectolax.lexbor import LexborHTMLParser  # lazy: the optional [web] extra
 
     if "\x00" in html:
         stats.skipped["broken_html"] += 1
@@ -180,7 +185,7 @@ def rows_from_html_file(path: Path, root: Path, cfg: ExtractConfig, stats: Extra
 
 def rows_from_warc(path: Path, cfg: ExtractConfig, stats: ExtractStats) -> Iterator[tuple[str, str, str]]:
     """HTML responses of a WARC (or ARC) file; a truncated archive ends the file, counted."""
-    from warcio.archiveiterator import ArchiveIterator
+    from warcio.archiveiterator import ArchiveIterator  # lazy: the optional [web] extra
 
     with open(path, "rb") as fh:
         try:
@@ -215,14 +220,10 @@ def _table_batches(path: Path, cfg: ExtractConfig) -> Iterator[tuple[list[str], 
     """(column names, record dict iterator) for a Parquet, CSV or JSONL table."""
     name = path.name.lower()
     if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
         pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names
         return names, (r for b in pf.iter_batches(batch_size=cfg.batch_rows) for r in b.to_pylist())
     if ".csv" in name:
-        import pyarrow.csv as pacsv
-
         reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True,
                                                                            column_types=None))
         names = reader.schema.names
@@ -231,8 +232,6 @@ def _table_batches(path: Path, cfg: ExtractConfig) -> Iterator[tuple[list[str], 
 
 
 def _jsonl_records(path: Path) -> tuple[list[str], Iterator[dict]]:
-    import gzip
-
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
         first = next((line for line in fh if line.strip()), None)
@@ -293,9 +292,6 @@ class _ParquetSink:
     """Buffered rows -> one Parquet file, written to a temp name and renamed on close."""
 
     def __init__(self, out: Path, batch_rows: int) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self.schema = pa.schema([(c, pa.string()) for c in COLUMNS])
         self.out, self.batch_rows = out, batch_rows
         self.tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -309,8 +305,6 @@ class _ParquetSink:
             self.flush()
 
     def flush(self) -> None:
-        import pyarrow as pa
-
         if self.buf:
             cols = list(zip(*self.buf))
             self.writer.write_table(pa.table({c: pa.array(v, pa.string()) for c, v in zip(COLUMNS, cols)},

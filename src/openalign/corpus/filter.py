@@ -25,6 +25,7 @@ The SQL below is one text for both engines; only a few list/regex functions diff
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -33,6 +34,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import duckdb
+import pyarrow.parquet as pq
 
 from openalign.errors import UserError
 from openalign.io import atomic_write_text
@@ -193,8 +197,6 @@ def format_stats_table(stats: FilterStats) -> str:
 
 def parquet_files(inputs: list[str | Path]) -> list[str]:
     """Parquet files named by files, folders (recursively, Spark part files too) or globs."""
-    import glob
-
     files: list[str] = []
     for item in inputs:
         p = Path(item)
@@ -214,8 +216,6 @@ def parquet_files(inputs: list[str | Path]) -> list[str]:
 
 def resolve_columns(files: list[str], url_column: str | None, text_column: str | None) -> tuple[str, str, str | None]:
     """(url column, text column, page_url column or None), checked against the first file's schema."""
-    import pyarrow.parquet as pq
-
     try:
         names = pq.read_schema(files[0]).names
     except Exception as exc:
@@ -240,8 +240,6 @@ def _input_select(url: str, text: str, page: str | None) -> str:
 
 def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFilterConfig, out: Path,
                 threads: int | None, memory_limit: str | None, on_step: Callable[[str], None]) -> dict[str, Any]:
-    import duckdb
-
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads = {int(threads)}")
@@ -271,7 +269,7 @@ def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFi
 def spark_session(master: str = "local[1]", app: str = "openalign-filter"):
     """A Spark session (local mode by default); says which extra to install when pyspark is missing."""
     try:
-        from pyspark.sql import SparkSession
+        from pyspark.sql import SparkSession  # lazy: the optional [spark] extra
     except ImportError:
         raise UserError("engine 'spark' needs pyspark: pip install 'openalign[spark]'") from None
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):

@@ -21,15 +21,18 @@ import io
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import webdataset as wds
 from PIL import Image, ImageDraw
 
 from openalign.io import atomic_write_text, atomic_write_with
+from openalign.media.shards import expand_urls, iter_samples
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart")
@@ -404,8 +407,6 @@ class _ShardJob:
 
 def _write_shard(job: _ShardJob) -> int:
     """Write one shard atomically (a truncated tar would be read as a broken shard)."""
-    import webdataset as wds
-
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=0.0) as sink:
             for k, noise in enumerate(job.noise):
@@ -530,9 +531,6 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
 
 def read_combos(shards: str) -> Iterator[tuple[str, str]]:
     """(colour, shape) of every image in synthetic shards (reads the ``KEY.json`` sidecars)."""
-    from collections import Counter
-
-    from openalign.media.shards import expand_urls, iter_samples
 
     for sample in iter_samples(expand_urls(shards), Counter()):
         attrs = json.loads(sample["json"])["attributes"]

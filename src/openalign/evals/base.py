@@ -10,6 +10,7 @@ config dataclass under a kind name ("retrieval", "zeroshot", "linear_probe", "kn
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import typing
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from openalign.errors import UserError
+from openalign.io import atomic_write_text
 from openalign.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,6 @@ BUILTIN_MODULES = ("openalign.evals.retrieval", "openalign.evals.classification"
 
 
 def _load_builtin() -> None:
-    import importlib
-
     for name in BUILTIN_MODULES:  # importing a module registers its evaluators
         importlib.import_module(name)
 
@@ -131,8 +131,6 @@ def result_markdown(result: EvalResult, model: str = "") -> str:
 
 def write_result(result: EvalResult, out_dir: str | Path, model: str = "") -> dict[str, Path]:
     """Write ``<name>.json`` + ``<name>.md`` (+ ``<name>.png``) into ``out_dir``; returns the paths."""
-    from openalign.io import atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / f"{result.name}.json", "md": out / f"{result.name}.md"}
@@ -148,7 +146,7 @@ def write_result(result: EvalResult, out_dir: str | Path, model: str = "") -> di
 
 
 def _draw(plot: Callable[[Path], None], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: only when a figure is written; pyplot must come after choosing Agg
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

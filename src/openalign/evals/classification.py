@@ -18,8 +18,15 @@ import torch.nn.functional as F
 
 from openalign.errors import UserError
 from openalign.evals.base import EvalContext, EvalResult, register_evaluator
-from openalign.evals.datasets import (BUILTIN, LabeledImages, assign_classnames, load_classnames, load_templates,
-                                      read_labeled)
+from openalign.evals.datasets import (
+    BUILTIN,
+    LabeledImages,
+    assign_classnames,
+    load_classnames,
+    load_templates,
+    read_labeled,
+)
+from openalign.models.embed import embed_image_files
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,6 @@ class Embedded:
 
 
 def embed_labeled(bundle: Any, source: str, image_root: str | None, ctx: EvalContext, desc: str) -> Embedded:
-    from openalign.models.embed import embed_image_files
-
     data: LabeledImages = read_labeled(source, image_root)
     res = embed_image_files(bundle, data.paths, ctx.batch_size, ctx.workers, ctx.progress, ctx.cache_dir, desc)
     if not res.ok.any():
@@ -87,7 +92,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, n_classes
 
 def _confusion_plot(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], title: str):
     def draw(path: Path) -> None:
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: called by evals.base._draw after it selects Agg
 
         n = len(classes)
         pred = logits.argmax(1)
@@ -193,7 +198,7 @@ def sweep_weight_decay(tr: Embedded, va_x: torch.Tensor, va_y: torch.Tensor, n_c
 
 def _sweep_plot(scores: dict[float, float], best: float, title: str):
     def draw(path: Path) -> None:
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: called by evals.base._draw after it selects Agg
 
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.plot(list(scores), list(scores.values()), marker="o")

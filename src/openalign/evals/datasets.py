@@ -17,6 +17,7 @@ from pathlib import Path
 
 from openalign.errors import UserError
 from openalign.media.images import IMAGE_SUFFIXES, list_images
+
 BUILTIN = "imagenet1k"
 SINGLE_TEMPLATE = "a photo of a {c}."
 CLASSNAMES_ASSET = "en_classnames.json"

@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from openalign.errors import UserError
-from openalign.evals.base import EvalContext, EvalResult, register_evaluator, run_evaluation
+from openalign.evals.base import (
+    EvalContext,
+    EvalResult,
+    register_evaluator,
+    run_evaluation,
+)
 from openalign.evals.metrics import retrieval_metrics
+from openalign.models.bundle import load_bundle
+from openalign.models.embed import embed_image_files
 
 KS = (1, 5, 10)
 
@@ -115,7 +122,7 @@ def retrieval_markdown(m: dict[str, float]) -> str:
 
 def _plot(metrics: dict[str, float]):
     def draw(path: Path) -> None:
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: called by evals.base._draw after it selects Agg
 
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for offset, (label, key) in zip((-0.2, 0.2), (("image → text", "image_to_text"),
@@ -135,8 +142,6 @@ def _plot(metrics: dict[str, float]):
 
 @register_evaluator("retrieval", RetrievalConfig)
 def run_retrieval(bundle: Any, cfg: RetrievalConfig, ctx: EvalContext) -> EvalResult:
-    from openalign.models.embed import embed_image_files
-
     data = read_karpathy(cfg.karpathy_json, cfg.image_root, cfg.split)
     images = embed_image_files(bundle, data.image_paths, ctx.batch_size, ctx.workers, ctx.progress,
                                ctx.cache_dir, desc=f"{cfg.name}: images")
@@ -156,7 +161,6 @@ def resolve_bundle(bundle_or_model_dir: Any, device: str = "cpu") -> Any:
     """A ModelBundle as is, or load one from a model directory (ours or the align-base layout)."""
     if not isinstance(bundle_or_model_dir, (str, Path)):
         return bundle_or_model_dir
-    from openalign.models.bundle import load_bundle
 
     path = Path(bundle_or_model_dir)
     if not (path / "config.json").is_file():

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from openalign.errors import UserError
-from openalign.evals.base import EvalContext, EvalResult, get_evaluator, parse_config, result_markdown, write_result
+from openalign.evals.base import (
+    EvalContext,
+    EvalResult,
+    get_evaluator,
+    parse_config,
+    result_markdown,
+    run_evaluation,
+    write_result,
+)
+from openalign.io import atomic_write_text
 
 PATH_FIELDS = ("karpathy_json", "image_root", "data", "train", "test", "val", "classnames", "templates")
 HEADLINE = {"retrieval": "mean_recall", "zeroshot": "top1", "linear_probe": "top1", "knn": "top1"}
@@ -30,7 +39,7 @@ def _read_suite_file(path: Path) -> Any:
         raise UserError(f"{path}: suite file not found; pass --suite with a JSON or YAML list of evaluations")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+        import yaml  # lazy: only YAML suites need PyYAML
 
         try:
             return yaml.safe_load(text)
@@ -74,8 +83,6 @@ def _resolve(base: Path, key: str, value: Any) -> Any:
 def run_suite(bundle: Any, suite: list[tuple[str, Any]], out_dir: str | Path, ctx: EvalContext | None = None,
               model: str = "") -> list[EvalResult]:
     """Run each evaluation, write its files, then ``report.json`` + ``report.md`` in ``out_dir``."""
-    from openalign.evals.base import run_evaluation
-
     results = []
     for kind, cfg in suite:
         result = run_evaluation(bundle, kind, cfg, ctx)
@@ -86,8 +93,6 @@ def run_suite(bundle: Any, suite: list[tuple[str, Any]], out_dir: str | Path, ct
 
 
 def write_report(results: list[EvalResult], out_dir: str | Path, model: str = "") -> None:
-    from openalign.io import atomic_write_text
-
     out = Path(out_dir)
     payload = {"model": model, "results": [r.to_json() for r in results]}
     atomic_write_text(out / "report.json", json.dumps(payload, indent=2, default=str) + "\n")

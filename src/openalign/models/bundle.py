@@ -7,6 +7,7 @@ honouring its preprocessing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from openalign.models.preprocess import ImageTransform, transform_from_processor_config
 from openalign.models.dual_encoder import DualEncoder
+from openalign.models.preprocess import ImageTransform, transform_from_processor_config
 from openalign.models.tokenizer import MAX_TEXT_LEN, load_tokenizer, tokenize
 
 
@@ -37,7 +38,6 @@ class ModelBundle:
     def _ctx(self):
         if self.autocast_bf16:
             return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
-        import contextlib
 
         return contextlib.nullcontext()
 

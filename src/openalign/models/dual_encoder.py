@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AlignModel, AlignProcessor
 
+from openalign.io import atomic_write_text
 from openalign.models.presets import ModelPreset, get_preset
 
 log = logging.getLogger(__name__)
@@ -38,8 +43,6 @@ class DualEncoder(nn.Module):
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset: ModelPreset | str, vocab_size: int | None = None, seed: int | None = None) -> "DualEncoder":
-        from transformers import AlignModel
-
         if isinstance(preset, str):
             preset = get_preset(preset)
         if seed is not None:
@@ -55,8 +58,6 @@ class DualEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "DualEncoder":
         """Load a directory written by :meth:`save_pretrained` or the ``kakaobrain/align-base`` layout."""
-        from transformers import AlignModel
-
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json; pass a model directory written by `openalign train` "
@@ -65,8 +66,6 @@ class DualEncoder(nn.Module):
         proj = None
         meta = read_openalign_json(path)
         if (path / IMAGE_PROJECTION_FILE).is_file():
-            from safetensors.torch import load_file
-
             state = load_file(str(path / IMAGE_PROJECTION_FILE))
             out_dim, in_dim = state["weight"].shape
             proj = nn.Linear(in_dim, out_dim)
@@ -115,10 +114,6 @@ class DualEncoder(nn.Module):
         The folder loads with ``AlignModel.from_pretrained`` and ``AlignProcessor.from_pretrained``.
         It is written to a temp folder and renamed, so a crash never leaves half a model.
         """
-        from openalign.io import atomic_write_text
-        import shutil
-        import tempfile
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -129,8 +124,6 @@ class DualEncoder(nn.Module):
                 processor.save_pretrained(str(tmp))
             loadable = self.image_projection is None
             if not loadable:
-                from safetensors.torch import save_file
-
                 save_file({k: v.contiguous() for k, v in self.image_projection.state_dict().items()},
                           str(tmp / IMAGE_PROJECTION_FILE))
             meta = {
@@ -190,10 +183,10 @@ def make_processor(tokenizer: Any, preset: ModelPreset | None):
     Resize (squash) to ``resize_size`` bilinear, centre crop ``image_size``, pixels in [-1, 1]:
     the same rules as ``kakaobrain/align-base``'s preprocessor_config.json (346 -> 289).
     """
-    from transformers import AlignProcessor
-
     try:  # transformers 5: the PIL processor (the default one needs torchvision, which we avoid)
-        from transformers import EfficientNetImageProcessorPil as EfficientNetImageProcessor
+        from transformers import (
+            EfficientNetImageProcessorPil as EfficientNetImageProcessor,
+        )
     except ImportError:
         from transformers import EfficientNetImageProcessor
 

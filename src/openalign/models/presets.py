@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from transformers import AlignConfig, AlignTextConfig, AlignVisionConfig
+
 from openalign.registry import Registry
 
 PRESETS: Registry["ModelPreset"] = Registry("model preset")
@@ -59,7 +61,6 @@ class ModelPreset:
         return dataclasses.replace(self, **changes)
 
     def align_config(self, vocab_size: int | None = None):  # -> transformers.AlignConfig
-        from transformers import AlignConfig, AlignTextConfig, AlignVisionConfig
 
         vision = AlignVisionConfig(
             image_size=self.image_size,

@@ -9,6 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from transformers import AutoTokenizer, BertTokenizerFast
+
 MAX_TEXT_LEN = 64
 
 
@@ -21,9 +32,6 @@ def train_wordpiece(
     max_length: int = MAX_TEXT_LEN,
 ):
     """Train a BERT-style WordPiece vocabulary on ``texts`` and save it to ``out_dir``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
-
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
@@ -46,8 +54,6 @@ def train_wordpiece(
 
 def load_tokenizer(path: str | Path, max_length: int = MAX_TEXT_LEN):
     """Load a tokenizer directory (ours, a BERT one, or an ALIGN model folder)."""
-    from transformers import AutoTokenizer
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: tokenizer directory not found; train one with `openalign tokenizer train`")

@@ -16,7 +16,14 @@ import numpy as np
 from openalign.errors import UserError
 from openalign.models.bundle import load_bundle
 from openalign.models.embed import embed_batches, model_identity
-from openalign.search.index import IndexContents, IndexParams, append_contents, normalise_metadata, read_manifest, write_index
+from openalign.search.index import (
+    IndexContents,
+    IndexParams,
+    append_contents,
+    normalise_metadata,
+    read_manifest,
+    write_index,
+)
 from openalign.search.sources import make_source
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import faiss
 import numpy as np
 import pandas as pd
 
@@ -107,15 +108,11 @@ INDEX_TYPES: Registry[Callable[[int, np.ndarray, IndexParams], Any]] = Registry(
 
 @INDEX_TYPES.register("flat")
 def _make_flat(dim: int, train: np.ndarray, p: IndexParams):
-    import faiss
-
     return faiss.IndexFlatIP(dim)
 
 
 @INDEX_TYPES.register("hnsw")
 def _make_hnsw(dim: int, train: np.ndarray, p: IndexParams):
-    import faiss
-
     index = faiss.IndexHNSWFlat(dim, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = p.hnsw_ef_construction
     return index
@@ -123,8 +120,6 @@ def _make_hnsw(dim: int, train: np.ndarray, p: IndexParams):
 
 @INDEX_TYPES.register("ivfpq")
 def _make_ivfpq(dim: int, train: np.ndarray, p: IndexParams):
-    import faiss
-
     if len(train) < 2**p.pq_nbits:
         raise UserError(f"--index-type ivfpq: needs at least {2**p.pq_nbits} images to train, got {len(train)}; "
                         "use --index-type flat for small collections")
@@ -139,8 +134,6 @@ def _make_ivfpq(dim: int, train: np.ndarray, p: IndexParams):
 
 def apply_search_params(index: Any, p: IndexParams) -> None:
     """Set query-time knobs (efSearch, nprobe) on a loaded index."""
-    import faiss
-
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = p.hnsw_ef_search
     ivf = faiss.try_extract_index_ivf(index) if not isinstance(index, (faiss.IndexFlat, faiss.IndexHNSW)) else None
@@ -220,8 +213,6 @@ def write_index(out: str | Path, contents: IndexContents, created: str | None = 
 
 def _write_files(tmp: Path, vectors: np.ndarray, c: IndexContents, p: IndexParams, created: str | None,
                  vector_index: Any) -> dict:
-    import faiss
-
     index = vector_index if vector_index is not None else make_vector_index(vectors, p)
     faiss.write_index(index, str(tmp / INDEX_FILE))
     np.save(tmp / EMBEDDINGS, vectors.astype(np.float16))
@@ -290,8 +281,6 @@ def read_manifest(path: str | Path) -> dict:
 
 def read_contents(path: str | Path) -> IndexContents:
     """Load an index directory back into memory (used by ``index add`` to append)."""
-    import faiss
-
     d = resolve_index_dir(path)
     m = read_manifest(d)
     cap_vecs = cap_ids = None
@@ -315,8 +304,6 @@ def read_contents(path: str | Path) -> IndexContents:
 def append_contents(path: str | Path, new: IndexContents,
                     _before_swap: Callable[[Path], None] | None = None) -> dict:
     """Append ``new`` (ids from 0) to the index at ``path`` without retraining its vector index."""
-    import faiss
-
     d = resolve_index_dir(path)
     m = read_manifest(d)
     if new.vectors.shape[1] != m["dim"]:

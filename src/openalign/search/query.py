@@ -19,13 +19,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import faiss
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from openalign.errors import UserError
-from openalign.search.index import (CAPTIONS, EMBEDDINGS, INDEX_FILE, METADATA, THUMBNAILS, IndexParams,
-                                    apply_search_params, read_manifest, resolve_index_dir)
+from openalign.models.bundle import load_bundle
+from openalign.search.index import (
+    CAPTIONS,
+    EMBEDDINGS,
+    INDEX_FILE,
+    METADATA,
+    THUMBNAILS,
+    IndexParams,
+    apply_search_params,
+    read_manifest,
+    resolve_index_dir,
+)
 
 
 class Encoder(Protocol):
@@ -97,8 +108,6 @@ class SearchIndex:
     """A loaded index directory: FAISS vectors, metadata, float16 vectors (mmap), thumbnails (mmap)."""
 
     def __init__(self, path: str | Path, params: IndexParams | None = None) -> None:
-        import faiss
-
         self.dir = resolve_index_dir(path)
         self.manifest = read_manifest(self.dir)
         fields = {k: v for k, v in self.manifest["index_params"].items() if k in IndexParams.__dataclass_fields__}
@@ -243,7 +252,6 @@ def _load_encoder(index: SearchIndex) -> Encoder:
     if not Path(model_dir).is_dir():
         raise UserError(f"{index.dir / 'manifest.json'}: model.dir {model_dir} does not exist; "
                         "pass --model DIR with the model the index was built with")
-    from openalign.models.bundle import load_bundle
 
     return load_bundle(model_dir)
 

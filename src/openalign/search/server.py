@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Query as Q, Request, UploadFile
+import uvicorn
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Query as Q
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -24,6 +26,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from openalign.errors import UserError
+from openalign.models.bundle import load_bundle
 from openalign.search.query import Query, Searcher, Term, UnknownId
 
 STATIC = Path(__file__).parent / "static"
@@ -228,12 +231,8 @@ def _install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, model_dir: str | None = None,
           log_level: str = "info") -> None:
     """Load the index and its model, then serve the API and page with uvicorn."""
-    import uvicorn
-
     encoder = None
     if model_dir:
-        from openalign.models.bundle import load_bundle
-
         encoder = load_bundle(model_dir)
     app = create_app(Searcher.open(index_dir, encoder))
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -20,7 +20,12 @@ from PIL import Image
 
 from openalign.errors import UserError
 from openalign.media.images import IMAGE_SUFFIXES, list_images, open_image, to_rgb
-from openalign.media.shards import decode_image, iter_samples, resolve_shards, sample_caption
+from openalign.media.shards import (
+    decode_image,
+    iter_samples,
+    resolve_shards,
+    sample_caption,
+)
 
 MAX_DOWNLOAD_BYTES = 50 * 2**20
 PATH_COLUMNS = ("path", "image_path", "filepath", "file")
