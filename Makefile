@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv demo test test-fast bench clean browser
+.PHONY: venv demo test test-fast lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,10 +25,14 @@ browser:
 demo: venv
 	$(BIN)/openalign demo --out demo-out
 
-test: venv browser
+# The layer contract (pyproject.toml [tool.importlinter]) first: a broken layer fails the run.
+lint: venv
+	$(BIN)/lint-imports --no-cache
+
+test: venv browser lint
 	$(BIN)/python -m pytest -q tests
 
-test-fast: venv
+test-fast: venv lint
 	$(BIN)/python -m pytest -q -m "not slow and not browser and not spark" tests
 
 clean:
