@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from common import DOCS, Job, baseline, common_args, run_jobs, save_results, write_table
 
@@ -99,7 +100,7 @@ def main() -> None:
                      f"{ens.std(ddof=1) if len(ens) > 1 else 0:.1f} | {d.mean():+.1f} (per seed: "
                      + ", ".join(f"{x:+.1f}" for x in d) + ") |")
     for e in extra:
-        lines += ["", f"Extra model `{e['model_dir']}`:", "",
+        lines += ["", f"Extra model `{_relative(e['model_dir'])}`:", "",
                   "| task | single prompt | best single template | mean single template | ensemble | ensemble − single |",
                   "|---|---|---|---|---|---|"]
         for task, p in e["top1"].items():
@@ -145,3 +146,10 @@ def _plot(summary: dict) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _relative(path: str) -> str:
+    """A model path as the docs show it: relative to the repository, never a machine's absolute path."""
+    p = Path(path).resolve()
+    root = Path(__file__).resolve().parent.parent
+    return str(p.relative_to(root)) if p.is_relative_to(root) else p.name

@@ -1,4 +1,4 @@
-"""Retrieval metrics with CLIP_benchmark's definitions (the one R@K module; search uses it too).
+"""Retrieval metrics with CLIP_benchmark's definitions: the one R@K module (evaluations and the demo's top-k use it).
 
 Image -> text: an image query hits at k if ANY of its captions is among the top-k texts.
 Text -> image: every caption is its own query; it hits if its image is among the top-k images.
