@@ -137,3 +137,22 @@ def test_cli_smoke_tiny_model(tmp_path, capsys, monkeypatch) -> None:
     assert api["mean_recall"] == pytest.approx(res["metrics"]["mean_recall"], abs=1e-4)
     assert main(["eval", "retrieval", "--model", str(tmp_path / "nope"), "--karpathy-json", str(kj),
                  "--image-root", str(tmp_path)]) == 2
+
+
+def test_embedding_cache_key_includes_device_and_precision(tmp_path) -> None:
+    """bf16 autocast or another device computes other numbers: never served from an fp32/CPU entry."""
+    from openalign.models.embed import cache_key
+
+    paths = [str(tmp_path / "a.png")]
+    fp32 = PerfectBundle(dim=8)
+    bf16 = PerfectBundle(dim=8)
+    bf16.autocast_bf16 = True
+    gpu = PerfectBundle(dim=8)
+    gpu.device = "cuda:0"
+    half = PerfectBundle(dim=8)
+    half.model = half.model.to(torch.float16)
+    keys = {cache_key(b, paths) for b in (fp32, bf16, gpu, half)}
+    assert len(keys) == 4
+    import copy
+
+    assert cache_key(fp32, paths) == cache_key(copy.deepcopy(fp32), paths)  # same weights and settings, same entry

@@ -6,8 +6,8 @@ the main process runs the model; items that fail to decode are skipped and count
 Items are dicts: ``{"pixels": (3, H, W), ...metadata}`` or ``{"error": reason, "detail": ...}``.
 
 :func:`embed_image_files` is that pipeline over a list of files, with an optional on-disk cache
-(safetensors, written atomically, no pickle) keyed by :func:`model_identity` + the transform +
-every file's path, size and mtime, so evaluations of one model on the same files share one pass.
+(safetensors, written atomically, no pickle) keyed by :func:`model_identity`, the device and
+precision, the transform, and every file's path, size and mtime, so evaluations of one model on the same files share one pass.
 """
 
 from __future__ import annotations
@@ -181,6 +181,16 @@ def embed_image_files(bundle: Any, paths: Sequence[str | Path], batch_size: int 
     return result
 
 
+def compute_identity(bundle: Any) -> dict[str, str]:
+    """Where and in which precision the embeddings were computed: bf16 or another device gives other
+    numbers, so a cache entry made one way is never served for the other."""
+    model = getattr(bundle, "model", None)
+    param = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    dtype = str(param.dtype) if param is not None else "unknown"
+    return {"device": str(getattr(bundle, "device", "cpu")),
+            "dtype": "autocast-bf16" if getattr(bundle, "autocast_bf16", False) else dtype}
+
+
 def _stat(p: str) -> str:
     try:
         st = os.stat(p)
@@ -193,6 +203,7 @@ def cache_key(bundle: Any, paths: Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update(CACHE_FORMAT.encode())
     h.update(json.dumps(model_identity(bundle), sort_keys=True).encode())
+    h.update(json.dumps(compute_identity(bundle), sort_keys=True).encode())
     transform = bundle.transform
     h.update(json.dumps(asdict(transform) if is_dataclass(transform) else repr(transform), sort_keys=True).encode())
     for p in paths:
