@@ -13,7 +13,8 @@ from openalign.errors import UserError
 from openalign.evals.base import EvalContext, run_evaluation, write_result
 from openalign.evals.classification import (class_embeddings, classification_metrics, fit_logistic, knn_predict,
                                             stratified_split)
-from openalign.evals.datasets import load_classnames, load_templates, read_labeled
+from openalign.evals.datasets import load_classnames, load_templates
+from openalign.media.labeled import read_labeled
 
 CTX = EvalContext(batch_size=4, workers=0, progress=False)
 

@@ -11,7 +11,8 @@ from eval_helpers import PerfectBundle, save_tiny_model, write_karpathy
 
 from openalign.errors import UserError
 from openalign.evals.metrics import retrieval_metrics
-from openalign.evals.retrieval import evaluate_retrieval, read_karpathy
+from openalign.evals.retrieval import evaluate_retrieval
+from openalign.media.karpathy import read_karpathy
 
 
 def brute_force(img: torch.Tensor, txt: torch.Tensor, t2i: list[int], ks=(1, 5, 10)) -> dict[str, float]:

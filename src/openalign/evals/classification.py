@@ -18,14 +18,8 @@ import torch.nn.functional as F
 
 from openalign.errors import UserError
 from openalign.evals.base import EvalContext, EvalResult, register_evaluator
-from openalign.evals.datasets import (
-    BUILTIN,
-    LabeledImages,
-    assign_classnames,
-    load_classnames,
-    load_templates,
-    read_labeled,
-)
+from openalign.evals.datasets import BUILTIN, assign_classnames, load_classnames, load_templates
+from openalign.media.labeled import LabeledImages, read_labeled
 from openalign.models.embed import embed_image_files
 
 
