@@ -55,3 +55,18 @@ def test_bad_samples_counted_in_batch_state(tmp_path):
     (batch,) = list(iter(stream))
     assert batch["state"]["counts"]["corrupt_image"] == 2 and batch["state"]["counts"]["empty_caption"] == 1
     assert batch["pixel_values"].shape == (17, 3, 32, 32)
+
+
+def test_truncated_shard_is_named_in_the_counts(tmp_path):
+    """A damaged tar is not only counted: the skip summary names the file."""
+    from openalign.media.shards import iter_samples
+
+    pattern = write_shards(tmp_path / "s", 40, per_shard=20)
+    second = tmp_path / "s" / "00001.tar"
+    second.write_bytes(second.read_bytes()[: second.stat().st_size // 2])
+    counts: Counter = Counter()
+    samples = list(iter_samples(expand_urls(pattern), counts))
+    assert 20 <= len(samples) < 40
+    assert counts["broken_shard_errors"] >= 1
+    named = {k.split(":", 1)[1] for k in counts if k.startswith("broken_shard:")}
+    assert named == {str(second)}

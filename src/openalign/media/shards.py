@@ -62,14 +62,35 @@ def resolve_shards(spec: str | list[str], flag: str = "--shards") -> list[str]:
     return urls
 
 
+BROKEN_SHARD_PREFIX = "broken_shard:"  # + the shard's url: skip summaries name the damaged file
+
+
 def iter_samples(urls: list[str], counts: Counter) -> Iterator[dict[str, Any]]:
-    """Raw samples (undecoded) from ``urls`` in order; broken shards counted and skipped."""
+    """Raw samples (undecoded) from ``urls`` in order; broken shards counted, named and skipped.
+
+    ``counts["broken_shard_errors"]`` counts read errors; ``counts["broken_shard:<url>"]`` names
+    the shard each came from (webdataset appends the url to the exception's arguments).
+    """
 
     def handler(exn: Exception) -> bool:
         counts["broken_shard_errors"] += 1
+        url = _url_of(exn, urls)
+        if url is not None:
+            counts[BROKEN_SHARD_PREFIX + url] += 1
         return True  # skip and go on
 
     yield from tarfile_samples(({"url": u} for u in urls), handler=handler)
+
+
+def _url_of(exn: Exception, urls: list[str]) -> str | None:
+    """The shard url webdataset attached to a read error (it appends it to ``exn.args``)."""
+    known = set(urls)
+    for arg in reversed(getattr(exn, "args", ()) or ()):
+        if isinstance(arg, str) and arg in known:
+            return arg
+        if isinstance(arg, str) and " @ " in arg and arg.rsplit(" @ ", 1)[-1] in known:
+            return arg.rsplit(" @ ", 1)[-1]
+    return None
 
 
 def sample_image_bytes(sample: dict[str, Any]) -> bytes | None:
