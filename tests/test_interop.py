@@ -126,3 +126,22 @@ def test_batched_file_pipeline_matches(align_dir, tmp_path) -> None:
         pix = processor(images=[Image.open(p) for p in paths], return_tensors="pt")["pixel_values"]
         ref = F.normalize(model.get_image_features(pixel_values=pix).pooler_output, dim=-1)
     assert ours.ok.all() and torch.allclose(ours.embeddings, ref, atol=1e-5)
+
+
+def test_align_base_batchnorm_momentum_read_as_tf(align_dir, tmp_path) -> None:
+    """align-base's config says 0.99 in TF's sense (keep 99% of the running average): in torch that is
+    momentum 0.01, on every BatchNorm, so fine-tuning does not replace the statistics by the last batch."""
+    import shutil
+
+    from torch import nn
+
+    from openalign.models.dual_encoder import DualEncoder
+
+    copy = tmp_path / "align-base"
+    shutil.copytree(align_dir, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["vision_config"]["batch_norm_momentum"] = 0.99  # what the published align-base config.json says
+    (copy / "config.json").write_text(json.dumps(cfg))
+    model = DualEncoder.from_pretrained(copy)
+    momenta = {round(m.momentum, 6) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert momenta == {0.01}

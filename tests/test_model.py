@@ -72,3 +72,67 @@ def test_embed_dim_option_adds_projection_and_says_so(tmp_path):
     again = DualEncoder.from_pretrained(tmp_path / "m").eval()
     x = torch.randn(2, 3, 64, 64)
     assert torch.allclose(again.encode_images(x), m.encode_images(x), atol=1e-6)
+
+
+# -- EfficientNet as its reference trains it (transformers' blocks differ in three places) --------
+
+
+def _residual_block(m):
+    """The deepest EfficientNet block with a residual connection (the highest drop-connect rate)."""
+    blocks = m.align.vision_model.encoder.blocks
+    i = max(i for i, b in enumerate(blocks) if b.projection.apply_dropout)
+    return i, len(blocks), blocks[i].projection
+
+
+def test_stochastic_depth_drops_whole_residual_branches_per_sample():
+    rate = 0.9
+    m = DualEncoder.from_preset(get_preset("tiny").with_(drop_connect_rate=rate), vocab_size=100, seed=0)
+    i, n, proj = _residual_block(m)
+    survival = 1 - rate * i / n
+    torch.manual_seed(0)
+    x = torch.randn(256, proj.project_conv.in_channels, 4, 4)
+    shortcut = torch.zeros(256, proj.project_conv.out_channels, 4, 4)
+    proj.train()
+    with torch.no_grad():
+        branch = proj.project_bn(proj.project_conv(x))  # batch statistics: the same in both calls
+        out = proj(shortcut, x)
+    zero = out.flatten(1).abs().amax(1) == 0
+    scaled = torch.isclose(out, branch / survival, rtol=1e-4, atol=1e-5).flatten(1).all(1)
+    assert bool((zero | scaled).all()), "each sample's branch is dropped whole or kept whole, scaled by 1/p"
+    kept = scaled.float().mean().item()
+    assert abs(kept - survival) < 4 * (survival * (1 - survival) / 256) ** 0.5
+    proj.eval()
+    with torch.no_grad():
+        assert torch.equal(proj(shortcut + 1, x), proj.project_bn(proj.project_conv(x)) + 1)
+
+
+def test_every_batchnorm_follows_the_preset_momentum(tmp_path):
+    p = get_preset("tiny").with_(bn_momentum=0.01)
+    m = DualEncoder.from_preset(p, vocab_size=100, seed=0)
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) > 20 and {bn.momentum for bn in bns} == {0.01}
+    m.save_pretrained(tmp_path / "m")
+    again = DualEncoder.from_pretrained(tmp_path / "m")
+    assert {mod.momentum for mod in again.modules() if isinstance(mod, torch.nn.BatchNorm2d)} == {0.01}
+
+
+def test_depthwise_kernels_start_with_efficientnet_fan_out_init():
+    m = DualEncoder.from_preset("b3-mini", vocab_size=100, seed=0)
+    convs = [c for c in m.align.vision_model.modules() if isinstance(c, torch.nn.Conv2d)]
+    depthwise = [c for c in convs if c.groups > 1 and c.groups == c.in_channels == c.out_channels]
+    assert len(depthwise) == len(m.align.vision_model.encoder.blocks)
+    for c in depthwise:  # fan_out = k * k * out / groups = k * k
+        k = c.kernel_size[0]
+        n = c.weight.numel()
+        assert abs(c.weight.std().item() / (2 / (k * k)) ** 0.5 - 1) < 5 / (2 * n) ** 0.5
+    stem = m.align.vision_model.embeddings.convolution  # dense convs: fan_out = k * k * out, as before
+    assert abs(stem.weight.std().item() / (2 / (9 * stem.out_channels)) ** 0.5 - 1) < 0.2
+
+
+def test_efficientnet_fixes_leave_the_state_dict_as_transformers_writes_it():
+    from transformers import AlignModel
+
+    p = get_preset("tiny").with_(drop_connect_rate=0.3)
+    m = DualEncoder.from_preset(p, vocab_size=100, seed=0)
+    plain = AlignModel(p.align_config(vocab_size=100))
+    assert {k: v.shape for k, v in m.align.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}

@@ -4,12 +4,17 @@ EfficientNet (global average pooling, no top conv) and BERT ([CLS] -> one linear
 exactly ``AlignModel``. The only addition is an optional image projection for embedding sizes
 other than the image tower's native width; a model saved with it is marked as not loadable by
 plain transformers.
+
+The EfficientNet tower is made to train as EfficientNet does (``_exact_efficientnet``): per-sample
+stochastic depth, the preset's BatchNorm momentum everywhere, and the reference's fan-out conv
+init. None of it changes the state dict, so saved models still load in plain transformers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -50,6 +55,7 @@ class DualEncoder(nn.Module):
         config = preset.align_config(vocab_size=vocab_size)
         align = AlignModel(config)
         _efficientnet_init(align.vision_model)
+        _exact_efficientnet(align.vision_model, preset.drop_connect_rate, preset.bn_momentum)
         proj = None
         if preset.embed_dim is not None and preset.embed_dim != preset.native_dim:
             proj = nn.Linear(preset.native_dim, preset.embed_dim)
@@ -73,6 +79,11 @@ class DualEncoder(nn.Module):
         preset = None
         if meta.get("preset"):
             preset = ModelPreset(**{k: v for k, v in meta["preset"].items() if k in ModelPreset.__dataclass_fields__})
+        # fine-tuning trains as EfficientNet does too. align-base's config says momentum 0.99, TF's
+        # meaning (keep 99% of the running average); torch's momentum is the other side: 1 - 0.99
+        tf_momentum = getattr(align.config.vision_config, "batch_norm_momentum", 0.99)
+        bn_momentum = preset.bn_momentum if preset else (1.0 - tf_momentum if tf_momentum > 0.5 else tf_momentum)
+        _exact_efficientnet(align.vision_model, align.config.vision_config.drop_connect_rate, bn_momentum)
         return cls(align, proj, preset)
 
     # -- encoders -----------------------------------------------------------------------------
@@ -131,6 +142,10 @@ class DualEncoder(nn.Module):
                 "preset": asdict(self.preset) if self.preset else None,
                 "embed_dim": self.embed_dim,
                 "transformers_loadable": loadable,
+                "stochastic_depth": (
+                    "openalign trains EfficientNet with per-sample drop-connect (whole residual branches); "
+                    "plain transformers.AlignModel trains with element-wise dropout there instead"
+                ),
                 "summary": summary or {},
             }
             if not loadable:
@@ -155,17 +170,59 @@ class DualEncoder(nn.Module):
 
 
 def _efficientnet_init(vision: nn.Module) -> None:
-    """EfficientNet's own conv init (variance scaling, fan-out), not transformers' normal(0, 0.02).
+    """EfficientNet's own conv init, not transformers' normal(0, 0.02).
 
-    With std 0.02 a fresh tower's activations shrink ~50x per layer, so an untrained model in
-    eval mode (BatchNorm running stats still 0/1) outputs ~1e-14 features; fan-out scaling keeps
-    them O(1), as the reference TF implementation does.
+    The TF reference draws normal(0, sqrt(2 / fan_out)) with fan_out = k * k * out_channels / groups:
+    k * k for a depthwise kernel ([k, k, C, 1] in TF). torch's ``kaiming_normal_(mode="fan_out")``
+    ignores groups and would start depthwise kernels sqrt(C) times too small.
     """
     for m in vision.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            k_h, k_w = m.kernel_size
+            fan_out = k_h * k_w * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+class DropConnect(nn.Module):
+    """EfficientNet's stochastic depth: a block's residual branch is dropped whole, per sample.
+
+    Kept with probability ``1 - rate`` and scaled by ``1 / (1 - rate)`` in training; the identity in
+    eval. No parameters or buffers, so swapping it in leaves the state dict as transformers wrote it.
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        # (B, 1, 1, 1): one draw per sample, from torch's RNG (so the step's mask replay covers it)
+        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.4g}"
+
+
+def _exact_efficientnet(vision: nn.Module, drop_connect_rate: float, bn_momentum: float | None) -> None:
+    """Make transformers' EfficientNet blocks train as EfficientNet's reference does.
+
+    1. Stochastic depth: block i of N drops its residual branch per sample with probability
+       rate * i / N (transformers puts element-wise ``nn.Dropout`` with that rate there instead).
+    2. BatchNorm momentum: every BatchNorm gets ``bn_momentum`` (transformers builds ``expand_bn``
+       without the config's momentum, so those get torch's 0.1). None leaves them as built.
+    """
+    blocks = vision.encoder.blocks
+    for i, block in enumerate(blocks):
+        block.projection.dropout = DropConnect(drop_connect_rate * i / len(blocks))
+    if bn_momentum is not None:
+        for m in vision.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = bn_momentum
 
 
 def _has_safetensors(path: Path) -> bool:

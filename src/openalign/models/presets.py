@@ -1,4 +1,9 @@
-"""Named model presets: frozen configs from a CPU toy up to the paper's EfficientNet-L2 + BERT-large.
+"""Model presets and towers: frozen configs from a CPU toy up to the paper's EfficientNet-L2 + BERT-large.
+
+A model is an image tower (EfficientNet-B0..B7, L2) and a text tower (BERT-mini..large), as in the
+paper's ablations; ``ModelPreset.with_towers`` composes them on top of a preset, which supplies
+the rest (training resolution, BatchNorm momentum, vocabulary, text length). The named presets
+(``tiny``, ``b3-mini``, ``b7-base``, ``l2-large``) are shorthands.
 
 Every preset uses the image tower's native width as the embedding size (B7 -> 640, L2 -> 1376),
 so the model is a plain ``transformers.AlignModel``. ``embed_dim`` set to another size adds an
@@ -13,12 +18,62 @@ from dataclasses import dataclass
 
 from transformers import AlignConfig, AlignTextConfig, AlignVisionConfig
 
+from openalign.errors import UserError
 from openalign.registry import Registry
 
 PRESETS: Registry["ModelPreset"] = Registry("model preset")
+IMAGE_TOWERS: Registry["ImageTower"] = Registry("image tower")
+TEXT_TOWERS: Registry["TextTower"] = Registry("text tower")
 
 # The paper trains at 289 px after resizing to 346: keep that ratio at every resolution.
 RESIZE_RATIO = 346 / 289
+# EfficientNet-B0's stages (transformers' AlignVisionConfig defaults): repeats and last width.
+_B0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+_B0_LAST_CHANNELS = 320
+
+
+class UnknownModelName(UserError, KeyError):
+    """A preset or tower name that is not registered (the message lists the known ones)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ImageTower:
+    """EfficientNet compound scaling, as in the TF reference (``efficientnet_builder.py``)."""
+
+    name: str
+    width_coefficient: float
+    depth_coefficient: float
+    resolution: int  # EfficientNet's own input size (ALIGN trains every tower at 289 from 346)
+    dropout_rate: float  # EfficientNet's classifier dropout; ALIGN has no classifier: for the record
+    drop_connect_rate: float = 0.2  # stochastic depth of the last block (linear in the block index)
+
+    @property
+    def native_dim(self) -> int:
+        return round_filters(_B0_LAST_CHANNELS, self.width_coefficient)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(math.ceil(self.depth_coefficient * r) for r in _B0_REPEATS)
+
+
+@dataclass(frozen=True)
+class TextTower:
+    """A BERT of Turc et al. 2019 ("well-read students"): heads = hidden / 64, intermediate = 4 x hidden."""
+
+    name: str
+    hidden: int
+    layers: int
+
+    @property
+    def heads(self) -> int:
+        return self.hidden // 64
+
+    @property
+    def intermediate(self) -> int:
+        return 4 * self.hidden
 
 
 @dataclass(frozen=True)
@@ -44,6 +99,9 @@ class ModelPreset:
     # embedding: None = the image tower's native width (a plain AlignModel)
     embed_dim: int | None = None
     temperature_init: float = 1.0
+    # the registered towers this preset is made of (None: a shape of its own, e.g. ``tiny``)
+    image_tower: str | None = None
+    text_tower: str | None = None
 
     @property
     def resize_size(self) -> int:
@@ -51,7 +109,7 @@ class ModelPreset:
 
     @property
     def native_dim(self) -> int:
-        return round_filters(320, self.width_coefficient)
+        return round_filters(_B0_LAST_CHANNELS, self.width_coefficient)
 
     @property
     def dim(self) -> int:
@@ -59,6 +117,33 @@ class ModelPreset:
 
     def with_(self, **changes: object) -> "ModelPreset":
         return dataclasses.replace(self, **changes)
+
+    def with_towers(
+        self, image_tower: str | None = None, text_tower: str | None = None, image_size: int | None = None
+    ) -> "ModelPreset":
+        """This preset with its image and/or text tower swapped and/or another crop size (None = keep).
+
+        The preset keeps the rest (BatchNorm momentum, vocabulary, text length, embedding size), so
+        ``get_preset("b3-mini").with_towers("efficientnet-b5")`` is the paper's B5 + BERT-mini at 289 px.
+        """
+        changes: dict[str, object] = {}
+        if image_tower is not None and image_tower != self.image_tower:
+            t = get_image_tower(image_tower)
+            changes.update(image_tower=t.name, width_coefficient=t.width_coefficient,
+                           depth_coefficient=t.depth_coefficient, drop_connect_rate=t.drop_connect_rate)
+        if text_tower is not None and text_tower != self.text_tower:
+            t = get_text_tower(text_tower)
+            changes.update(text_tower=t.name, text_hidden=t.hidden, text_layers=t.layers, text_heads=t.heads,
+                           text_intermediate=t.intermediate)
+        if changes:
+            image = changes.get("image_tower", self.image_tower) or self.name
+            text = changes.get("text_tower", self.text_tower) or self.name
+            changes["name"] = f"{image}+{text}"
+        if image_size is not None:
+            if image_size < 32:  # EfficientNet downsamples 32x
+                raise UserError(f"image_size {image_size}: EfficientNet needs crops of at least 32 px")
+            changes["image_size"] = image_size
+        return self.with_(**changes)
 
     def align_config(self, vocab_size: int | None = None):  # -> transformers.AlignConfig
 
@@ -89,6 +174,13 @@ class ModelPreset:
             temperature_init_value=self.temperature_init,
         )
 
+    @classmethod
+    def from_towers(cls, name: str, image_tower: str, text_tower: str, image_size: int = 289,
+                    **changes: object) -> "ModelPreset":
+        """A preset made of two registered towers (the paper's 289 px crops unless told)."""
+        base = cls(name=name, width_coefficient=1.0, depth_coefficient=1.0, image_size=image_size)
+        return base.with_towers(image_tower, text_tower).with_(name=name, **changes)
+
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
     """EfficientNet's channel rounding (same rule as transformers' ``round_filters``)."""
@@ -99,8 +191,23 @@ def round_filters(filters: int, width: float, divisor: int = 8) -> int:
     return int(new)
 
 
+def _lookup(registry: Registry, name: str):
+    try:
+        return registry.get(name)
+    except KeyError:
+        raise UnknownModelName(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}") from None
+
+
 def get_preset(name: str) -> ModelPreset:
-    return PRESETS.get(name)
+    return _lookup(PRESETS, name)
+
+
+def get_image_tower(name: str) -> ImageTower:
+    return _lookup(IMAGE_TOWERS, name)
+
+
+def get_text_tower(name: str) -> TextTower:
+    return _lookup(TEXT_TOWERS, name)
 
 
 def _reg(preset: ModelPreset) -> ModelPreset:
@@ -108,6 +215,32 @@ def _reg(preset: ModelPreset) -> ModelPreset:
     return preset
 
 
+# -- image towers: (width, depth, resolution, dropout) from the TF reference's efficientnet_params;
+# drop-connect 0.2 for all (its default; Noisy Student's L2 too: survival 0.8 at the last block).
+for _name, _w, _d, _res, _drop in [
+    ("efficientnet-b0", 1.0, 1.0, 224, 0.2),
+    ("efficientnet-b1", 1.0, 1.1, 240, 0.2),
+    ("efficientnet-b2", 1.1, 1.2, 260, 0.3),
+    ("efficientnet-b3", 1.2, 1.4, 300, 0.3),
+    ("efficientnet-b4", 1.4, 1.8, 380, 0.4),
+    ("efficientnet-b5", 1.6, 2.2, 456, 0.4),
+    ("efficientnet-b6", 1.8, 2.6, 528, 0.5),
+    ("efficientnet-b7", 2.0, 3.1, 600, 0.5),
+    ("efficientnet-l2", 4.3, 5.3, 800, 0.5),  # Noisy Student (Xie et al. 2020)
+]:
+    IMAGE_TOWERS.register(_name)(ImageTower(_name, _w, _d, _res, _drop))
+
+# -- text towers: Turc et al. 2019's BERT miniatures (mini..medium) and the original base/large.
+for _name, _h, _l in [
+    ("bert-mini", 256, 4),
+    ("bert-small", 512, 4),
+    ("bert-medium", 512, 8),
+    ("bert-base", 768, 12),
+    ("bert-large", 1024, 24),
+]:
+    TEXT_TOWERS.register(_name)(TextTower(_name, _h, _l))
+
+# -- named presets (shorthands; their configs predate the tower registry and are kept as they were)
 # A CPU toy: trains in minutes on 2 cores. 64 px crops, 8 EfficientNet blocks, 2-layer BERT.
 TINY = _reg(
     ModelPreset(
@@ -125,37 +258,13 @@ TINY = _reg(
     )
 )
 # The paper's ablation shape: EfficientNet-B3 + BERT-mini (4 layers, 256 hidden).
-B3_MINI = _reg(
-    ModelPreset(
-        name="b3-mini",
-        width_coefficient=1.2,
-        depth_coefficient=1.4,
-        image_size=289,
-        drop_connect_rate=0.2,
-        text_hidden=256,
-        text_layers=4,
-        text_heads=4,
-        text_intermediate=1024,
-    )
-)
+B3_MINI = _reg(ModelPreset.from_towers("b3-mini", "efficientnet-b3", "bert-mini"))
 # The shape of kakaobrain/align-base: EfficientNet-B7 (640-d) + BERT-base, 289 px crops of 346.
-B7_BASE = _reg(
-    ModelPreset(name="b7-base", width_coefficient=2.0, depth_coefficient=3.1, image_size=289, drop_connect_rate=0.2)
-)
-# The paper's model: EfficientNet-L2 (1376-d) + BERT-large, 100k WordPiece vocabulary.
+B7_BASE = _reg(ModelPreset.from_towers("b7-base", "efficientnet-b7", "bert-base"))
+# The paper's model: EfficientNet-L2 (1376-d) + BERT-large, 100k WordPiece vocabulary. Its
+# drop-connect 0.5 predates the tower registry (EfficientNet's reference uses 0.2); kept as it was.
 L2_LARGE = _reg(
-    ModelPreset(
-        name="l2-large",
-        width_coefficient=4.3,
-        depth_coefficient=5.3,
-        image_size=289,
-        drop_connect_rate=0.5,
-        text_hidden=1024,
-        text_layers=24,
-        text_heads=16,
-        text_intermediate=4096,
-        vocab_size=100_000,
-    )
+    ModelPreset.from_towers("l2-large", "efficientnet-l2", "bert-large", drop_connect_rate=0.5, vocab_size=100_000)
 )
 
 assert math.isclose(B7_BASE.native_dim, 640) and L2_LARGE.native_dim == 1376

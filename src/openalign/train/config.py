@@ -13,6 +13,9 @@ class TrainConfig:
     out: str = "runs/align"  # run directory
     preset: str = "tiny"
     embed_dim: int | None = None  # None = the image tower's native width (a plain AlignModel)
+    image_tower: str | None = None  # efficientnet-b0..b7 | efficientnet-l2; None = the preset's
+    text_tower: str | None = None  # bert-mini | bert-small | bert-medium | bert-base | bert-large; None = preset
+    image_size: int | None = None  # training crop in px (the paper: 289 from 346); None = the preset's
     init: str | None = None  # fine-tune from this model directory (ours or the align-base layout)
     # schedule (the paper: batch 16,384, lr 1e-3, 10k warm-up steps, linear decay to 0, LAMB, wd 1e-5)
     steps: int = 1000
