@@ -4,25 +4,43 @@ from __future__ import annotations
 
 import argparse
 
+from openalign.cli._config_args import defer
+
+# DemoConfig.train fields the demo sets itself from its own corpus and tokenizer
+SKIP = {
+    "train.shards": "the demo trains on the corpus it synthesises",
+    "train.tokenizer": "the demo trains its own tokenizer",
+    "train.out": "the run goes to <--out>/run",
+    "train.seed": "--seed seeds the whole demo",
+}
+META = {
+    "out": {"help": "output folder"},
+    "num_train": {"help": "training pairs to synthesise"},
+    "num_heldout": {"help": "clean held-out images (unseen colour+shape combinations)"},
+    "workers": {"help": "corpus synthesis processes"},
+    "noise_rate": {"help": "fraction of noisy training captions"},
+    "vocab_size": {"help": "WordPiece vocabulary size"},
+    "train": {"prefix": "train-", "title": "training (the demo's CPU schedule; any TrainConfig field)"},
+    "train.steps": {"flag": ("--steps", "--train-steps"), "help": "training steps"},
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthetic corpus -> tokenizer -> train tiny -> eval -> report")
-    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    p.add_argument("--num-train", type=int, default=None, help="training pairs to synthesise")
-    p.add_argument("--steps", type=int, default=None, help="training steps")
-    p.add_argument("--seed", type=int, default=0)
+    defer(p, _add_flags)
     p.set_defaults(func=run)
 
 
+def _add_flags(p: argparse.ArgumentParser) -> None:
+    from openalign.apps.demo import DemoConfig  # here, not at the top: see LazyParser
+    from openalign.cli._config_args import add_config_flags
+
+    add_config_flags(p, DemoConfig, skip=SKIP, meta=META)
+
+
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from openalign.apps.demo import DemoConfig, run_demo
+    from openalign.cli._config_args import config_from_args
 
-    cfg = DemoConfig(out=args.out, seed=args.seed)
-    if args.num_train:
-        cfg = replace(cfg, num_train=args.num_train)
-    if args.steps:
-        cfg = replace(cfg, train=replace(cfg.train, steps=args.steps))
-    run_demo(cfg)
+    run_demo(config_from_args(DemoConfig, args))
     return 0

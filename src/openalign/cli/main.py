@@ -1,6 +1,7 @@
 """``openalign`` command: argparse at the edge, one module per subcommand (each has ``register``).
 
-Handlers import the library lazily so ``openalign --help`` stays fast.
+Handlers import the library lazily, and each subcommand's flags (generated from its config
+dataclass) are added only when that subcommand is used, so ``openalign --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from openalign.cli._config_args import LazyParser
 
 # group name -> modules registering subcommands in it; "" = top level
 COMMANDS: dict[str, list[str]] = {
@@ -29,7 +32,7 @@ GROUP_HELP = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openalign", description="OpenALIGN: open ALIGN, end to end")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=LazyParser)
     for group, modules in COMMANDS.items():
         target = sub
         if group:

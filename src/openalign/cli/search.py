@@ -5,40 +5,41 @@ from __future__ import annotations
 import argparse
 import json
 
+from openalign.cli._config_args import defer
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index by text, image, or image + / - text terms")
-    p.add_argument("--index", required=True, help="index directory (openalign index build)")
-    p.add_argument("--text", default=None, help="text query")
-    p.add_argument("--image", default=None, help="query image file")
-    p.add_argument("--image-id", type=int, default=None, help="query by an indexed image id")
-    p.add_argument("--add", action="append", default=[], metavar="TEXT", help="add a text term (repeatable)")
-    p.add_argument("--subtract", action="append", default=[], metavar="TEXT", help="subtract a text term (repeatable)")
-    p.add_argument("--weight", type=float, default=1.0, help="weight of every --add/--subtract term")
-    p.add_argument("--captions", action="store_true", help="return indexed captions instead of images")
-    p.add_argument("-k", type=int, default=10, help="number of results")
-    p.add_argument("--model", default=None, help="model directory (default: the one in the manifest)")
-    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    defer(p, _add_flags)
     p.set_defaults(func=_search)
 
 
-def _search(args: argparse.Namespace) -> int:
-    from openalign.errors import UserError
-    from openalign.search.query import Query, Searcher, Term
+def _add_flags(p: argparse.ArgumentParser) -> None:
+    from openalign.cli._config_args import add_config_flags
+    from openalign.search.query import SearchOptions  # here, not at the top: see LazyParser
 
-    if args.k < 1:
-        raise UserError(f"-k: {args.k} is not a positive number of results")
-    image = _open_image(args.image) if args.image else None
+    add_config_flags(p, SearchOptions)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from openalign.cli._config_args import config_from_args
+    from openalign.errors import UserError
+    from openalign.search.query import Query, Searcher, SearchOptions, Term
+
+    o = config_from_args(SearchOptions, args)
+    if o.k < 1:
+        raise UserError(f"-k: {o.k} is not a positive number of results")
+    image = _open_image(o.image) if o.image else None
     encoder = None
-    if args.model:
+    if o.model_dir:
         from openalign.models.bundle import load_bundle
 
-        encoder = load_bundle(args.model)
-    terms = tuple(Term(t, args.weight) for t in args.add) + tuple(Term(t, -args.weight) for t in args.subtract)
-    searcher = Searcher.open(args.index, encoder)
-    q = Query(text=args.text, image=image, image_id=args.image_id, terms=terms)
-    hits = searcher.captions(q, args.k) if args.captions else searcher.search(q, args.k)
-    if args.json:
+        encoder = load_bundle(o.model_dir)
+    terms = tuple(Term(t, o.weight) for t in o.add) + tuple(Term(t, -o.weight) for t in o.subtract)
+    searcher = Searcher.open(o.index, encoder)
+    q = Query(text=o.text, image=image, image_id=o.image_id, terms=terms)
+    hits = searcher.captions(q, o.k) if o.captions else searcher.search(q, o.k)
+    if o.json:
         for h in hits:
             print(json.dumps(h.to_dict()))
     else:

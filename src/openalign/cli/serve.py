@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import argparse
 
+from openalign.cli._config_args import defer
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve an index over HTTP (API + web page)")
-    p.add_argument("--index", required=True, help="index directory (openalign index build)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=None, help="model directory (default: the one in the manifest)")
+    defer(p, _add_flags)
     p.set_defaults(func=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from openalign.errors import UserError
-    from openalign.search.server import serve
+def _add_flags(p: argparse.ArgumentParser) -> None:
+    from openalign.cli._config_args import add_config_flags
+    from openalign.search.server import ServeConfig  # here, not at the top: see LazyParser
 
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port: {args.port} is not a TCP port (1-65535)")
-    serve(args.index, host=args.host, port=args.port, model_dir=args.model)
+    add_config_flags(p, ServeConfig)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from openalign.cli._config_args import config_from_args
+    from openalign.errors import UserError
+    from openalign.search.server import ServeConfig, serve
+
+    cfg = config_from_args(ServeConfig, args)
+    if not 0 < cfg.port < 65536:
+        raise UserError(f"--port: {cfg.port} is not a TCP port (1-65535)")
+    serve(**asdict(cfg))
     return 0

@@ -39,12 +39,15 @@ MANIFEST = "build_manifest.json"
 
 @dataclass(frozen=True)
 class BuildConfig:
-    inputs: tuple[str, ...]
-    out_dir: str
-    eval_images: str | None = None  # folder, Karpathy JSON or shards; None skips dedup
-    eval_image_root: str | None = None
-    engine: str = "duckdb"
-    vocab_size: int = 100_000
+    inputs: tuple[str, ...] = field(metadata={
+        "positional": True, "help": "HTML/WARC files, tables, or folders of them"})
+    out_dir: str = field(metadata={"flag": "--out", "help": "dataset folder (resumes from its build_manifest.json)"})
+    eval_images: str | None = field(default=None, metadata={  # folder, Karpathy JSON or shards
+        "help": "evaluation images to deduplicate against (default: no dedup)"})
+    eval_image_root: str | None = field(default=None, metadata={
+        "flag": "--image-root", "help": "root of the Karpathy JSON's image paths (default: its folder)"})
+    engine: str = field(default="duckdb", metadata={"choices": ("duckdb", "spark")})
+    vocab_size: int = field(default=100_000, metadata={"help": "WordPiece vocabulary size"})
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     filter: TextFilterConfig = field(default_factory=TextFilterConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)

@@ -39,11 +39,14 @@ from openalign.models.bundle import load_bundle
 
 @dataclass(frozen=True)
 class DedupConfig:
-    method: str = "phash"  # "phash" or "embedding"
-    max_hamming: int = 4  # phash: duplicate when distance <= this (of 64 bits)
-    cosine: float = 0.975  # embedding: duplicate when cosine similarity > this (the paper)
-    model_dir: str | None = None  # embedding: a model directory loadable by load_bundle
-    batch_size: int = 64
+    method: str = field(default="phash", metadata={"choices": ("phash", "embedding")})
+    max_hamming: int = field(default=4, metadata={  # of 64 bits
+        "help": "phash: duplicate at this many differing bits or fewer"})
+    cosine: float = field(default=0.975, metadata={  # the paper
+        "help": "embedding: duplicate above this cosine similarity"})
+    model_dir: str | None = field(default=None, metadata={  # loadable by load_bundle
+        "flag": "--model", "help": "embedding: model directory"})
+    batch_size: int = field(default=64, metadata={"help": "embedding: images per forward pass"})
 
 
 @dataclass

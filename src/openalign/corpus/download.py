@@ -35,19 +35,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    min_side: int = 200  # keep when the shorter side is > min_side
-    max_aspect_ratio: float = 3.0  # keep when long side / short side < max_aspect_ratio
-    image_size: int = 346  # resize target (the paper's train resize before the 289 crop)
-    resize_mode: str = "keep_ratio"  # img2dataset: no, keep_ratio, center_crop, border
+    min_side: int = field(default=200, metadata={"help": "keep images whose shorter side is > this"})
+    max_aspect_ratio: float = field(default=3.0, metadata={"help": "keep images whose aspect ratio is < this"})
+    image_size: int = field(default=346, metadata={  # the paper's train resize before the 289 crop
+        "help": "resize: shorter side to this (keep_ratio)"})
+    resize_mode: str = field(default="keep_ratio", metadata={"choices": ("no", "keep_ratio", "center_crop", "border")})
     resize_only_if_bigger: bool = False
     encode_format: str = "jpg"
     encode_quality: int = 95
     samples_per_shard: int = 10_000
     processes: int = 1
     threads: int = 32
-    timeout: int = 10  # seconds per image
+    timeout: int = field(default=10, metadata={"help": "seconds per image"})
     retries: int = 0
-    local_root: str | None = None  # relative local paths resolve against this (default: current folder)
+    local_root: str | None = field(default=None, metadata={
+        "help": "folder that relative local image paths resolve against (default: the current folder)"})
 
 
 @dataclass

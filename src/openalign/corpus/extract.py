@@ -46,11 +46,13 @@ _CHARSET_RE = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]+
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    max_page_bytes: int = 5_000_000  # pages above this are skipped as huge
+    max_page_bytes: int = field(default=5_000_000, metadata={"help": "pages above this many bytes are skipped"})
     max_alt_chars: int = 2000  # longer alts are truncated candidates of no use: skipped
-    page_url_prefix: str | None = None  # page URL for HTML files: prefix + path relative to the input folder
-    url_column: str | None = None  # tables: default "url"
-    text_column: str | None = None  # tables: default "text", "alt" or "caption"
+    page_url_prefix: str | None = field(default=None, metadata={  # page URL = prefix + path relative to the input
+        "help": "HTML files: page URL = prefix + path under the input folder"})
+    url_column: str | None = field(default=None, metadata={"help": "tables: image URL column (default: url)"})
+    text_column: str | None = field(default=None, metadata={
+        "help": "tables: alt-text column (default: text, alt or caption)"})
     batch_rows: int = 50_000
 
 

@@ -59,11 +59,22 @@ TEXT_COLUMNS = ("text", "alt", "caption")
 class TextFilterConfig:
     """The paper's thresholds (Jia et al. 2021, section 3)."""
 
-    max_images_per_text: int = 10
-    max_texts_per_image: int = 1000
-    vocab_top_n: int = 100_000_000
+    max_images_per_text: int = field(default=10, metadata={"help": "drop alt-texts shared by more images"})
+    max_texts_per_image: int = field(default=1000, metadata={"help": "drop images with more alt-texts"})
+    vocab_top_n: int = field(default=100_000_000, metadata={"help": "keep texts whose uni/bigrams are in the top N"})
     min_unigrams: int = 3
     max_unigrams: int = 20
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """How :func:`filter_pairs` runs (not what it keeps): its engine, column and thread keywords."""
+
+    engine: str = field(default="duckdb", metadata={"choices": ("duckdb", "spark")})
+    url_column: str | None = field(default=None, metadata={"help": "image URL column (default: url)"})
+    text_column: str | None = field(default=None, metadata={"help": "alt-text column (default: text, alt or caption)"})
+    threads: int | None = field(default=None, metadata={
+        "flag": "--threads-sql", "help": "DuckDB threads (default: all cores)"})
 
 
 @dataclass(frozen=True)

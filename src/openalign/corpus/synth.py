@@ -22,7 +22,7 @@ import json
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator
@@ -484,6 +484,21 @@ def write_heldout(root: Path, num: int, seed: int, image_size: int, combos: list
 
 # --------------------------------------------------------------------------------------------
 # the corpus
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What :func:`generate_corpus` makes: its keyword arguments, with the same defaults."""
+
+    num_train: int = field(default=10000, metadata={"help": "training images"})
+    num_heldout: int = field(default=500, metadata={"help": "clean held-out images (unseen colour/shape combos)"})
+    noise_rate: float = field(default=0.2, metadata={"help": "fraction of noisy training captions"})
+    seed: int = 0
+    image_size: int = field(default=80, metadata={"help": "image side in pixels"})
+    shard_size: int = field(default=1000, metadata={"help": "samples per shard"})
+    heldout_fraction_of_combos: float = field(default=0.15, metadata={
+        "flag": "--heldout-fraction", "help": "fraction of colour/shape combos held out"})
+    workers: int = field(default=1, metadata={"help": "processes writing shards"})
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 class EvalContext:
     """How to run (not what to measure): shared by every evaluation of one model."""
 
-    batch_size: int = 64
-    workers: int = 0
-    cache_dir: str | None = None
-    progress: bool = True
+    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
+    # 2 decoding processes keep a forward pass fed on real JPEG sets (the CLI's documented default)
+    workers: int = field(default=2, metadata={"help": "image decoding processes (0 = in the main process)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "reuse image embeddings cached in this folder"})
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
 
 
 @dataclass

@@ -6,6 +6,7 @@ Training uses the ``tokenizers`` library; the result is saved as a BERT tokenize
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -21,6 +22,22 @@ from tokenizers import (
 from transformers import AutoTokenizer, BertTokenizerFast
 
 MAX_TEXT_LEN = 64
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    """``openalign tokenizer train``: where the alt-texts come from, then :func:`train_wordpiece`'s settings."""
+
+    shards: str | None = field(default=None, metadata={
+        "one_of": "source", "help": "WebDataset shards, brace pattern (dir/{00000..00009}.tar); reads KEY.txt"})
+    parquet: str | None = field(default=None, metadata={
+        "one_of": "source", "help": "Parquet table of alt-texts (our pairs table or cc2dataset output)"})
+    text_column: str | None = field(default=None, metadata={
+        "help": "text column of --parquet (default: text, else cc2dataset's alt)"})
+    vocab_size: int = field(default=100_000, metadata={"help": "vocabulary size (paper: 100k)"})
+    min_frequency: int = field(default=2, metadata={"help": "minimum count of a merged token"})
+    lowercase: bool = field(default=True, metadata={"help": "lower-case and strip accents (BERT uncased)"})
+    max_length: int = field(default=MAX_TEXT_LEN, metadata={"help": "model_max_length saved with the tokenizer"})
 
 
 def train_wordpiece(

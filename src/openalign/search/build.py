@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,6 +28,22 @@ from openalign.search.index import (
 from openalign.search.sources import make_source
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Which images :func:`build_index` / :func:`add_to_index` embed (exactly one source) and how: their keywords."""
+
+    images: str | None = field(default=None, metadata={
+        "one_of": "source", "help": "folder of images (NAME.txt beside NAME.jpg is its caption)"})
+    shards: str | None = field(default=None, metadata={
+        "one_of": "source", "help": "WebDataset shards, e.g. 'shards/{00000..00009}.tar'"})
+    parquet: str | None = field(default=None, metadata={
+        "one_of": "source", "help": "Parquet table with a path or url column and optional caption column"})
+    batch_size: int = 32
+    num_workers: int = field(default=2, metadata={"flag": "--workers", "help": "DataLoader workers decoding images"})
+    thumb_size: int = field(default=192, metadata={"help": "stored thumbnail size in px (0 = none)"})
+    index_captions: bool = field(default=True, metadata={"flag": "--captions", "help": "index caption embeddings"})
 
 
 def collect(bundle: Any, batches: Iterator[dict[str, Any]], index_captions: bool = True) -> IndexContents:

@@ -47,18 +47,23 @@ META_COLUMNS = ["id", "path", "url", "caption", "width", "height", "thumb_offset
 class IndexParams:
     """How to build the vector index. ``index_type='auto'`` picks by size and ``memory_budget_mb``."""
 
-    index_type: str = "auto"  # auto | flat | hnsw | ivfpq
-    memory_budget_mb: float = 2048.0  # RAM the vector index may use when searched
-    flat_max: int = 50_000  # auto: at or below this many vectors, exact search
+    index_type: str = field(default="auto", metadata={
+        "choices": ("auto", "flat", "hnsw", "ivfpq"),
+        "help": "auto: exact up to --flat-max images, then HNSW if it fits --memory-budget-mb, else IVF-PQ"})
+    memory_budget_mb: float = field(default=2048.0, metadata={"help": "RAM the vector index may use when searched"})
+    flat_max: int = field(default=50_000, metadata={"help": "auto: exact search up to this many images"})
     hnsw_m: int = 32
     hnsw_ef_construction: int = 64
     hnsw_ef_search: int = 128
-    ivf_nlist: int | None = None  # None: about sqrt(n), at least 1 and at most n // 39
+    ivf_nlist: int | None = field(default=None, metadata={  # None: about sqrt(n), at least 1, at most n // 39
+        "help": "IVF lists (default about sqrt(n))"})
     ivf_nprobe: int = 16
-    pq_m: int | None = None  # sub-quantizers; None: the largest divisor of dim giving >= 8-d pieces
+    pq_m: int | None = field(default=None, metadata={  # None: the largest divisor of dim giving >= 8-d pieces
+        "help": "PQ sub-quantizers; must divide the dim"})
     pq_nbits: int = 8
     train_size: int = 50_000  # vectors sampled to train IVF-PQ
-    rerank: int = 10  # approximate search fetches k * rerank candidates, re-scored exactly (1 = off)
+    rerank: int = field(default=10, metadata={  # approximate search fetches k * rerank candidates
+        "help": "approximate: re-score k*rerank candidates exactly (1 = off)"})
     seed: int = 0
 
     def resolved(self, n: int, dim: int) -> "IndexParams":

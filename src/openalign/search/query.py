@@ -71,6 +71,26 @@ class Query:
 
 
 @dataclass(frozen=True)
+class SearchOptions:
+    """One search as ``openalign search`` states it: the index, the query's parts, how many hits, how printed."""
+
+    index: str = field(metadata={"help": "index directory (openalign index build)"})
+    text: str | None = field(default=None, metadata={"help": "text query"})
+    image: str | None = field(default=None, metadata={"help": "query image file"})
+    image_id: int | None = field(default=None, metadata={"help": "query by an indexed image id"})
+    add: tuple[str, ...] = field(default=(), metadata={
+        "repeat": True, "metavar": "TEXT", "help": "add a text term (repeatable)"})
+    subtract: tuple[str, ...] = field(default=(), metadata={
+        "repeat": True, "metavar": "TEXT", "help": "subtract a text term (repeatable)"})
+    weight: float = field(default=1.0, metadata={"help": "weight of every --add/--subtract term"})
+    captions: bool = field(default=False, metadata={"help": "return indexed captions instead of images"})
+    k: int = field(default=10, metadata={"flag": "-k", "help": "number of results"})
+    model_dir: str | None = field(default=None, metadata={
+        "flag": "--model", "help": "model directory (default: the one in the manifest)"})
+    json: bool = field(default=False, metadata={"help": "print JSON lines instead of a table"})
+
+
+@dataclass(frozen=True)
 class Hit:
     id: int
     score: float

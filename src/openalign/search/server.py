@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,19 @@ def _install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # last resort: still a clear JSON body
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What :func:`serve` takes: its arguments, with the same defaults."""
+
+    index_dir: str = field(metadata={"flag": "--index", "help": "index directory (openalign index build)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on (default: loopback only)"})
+    port: int = 8000
+    model_dir: str | None = field(default=None, metadata={
+        "flag": "--model", "help": "model directory (default: the one in the manifest)"})
+    log_level: str = field(default="info", metadata={
+        "choices": ("critical", "error", "warning", "info", "debug", "trace"), "help": "uvicorn log level"})
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, model_dir: str | None = None,
