@@ -6,7 +6,8 @@ child) belongs to that configuration alone:
 * ``plain``  -- one forward/backward over the whole batch (no micro-batching), the baseline;
 * ``cached`` -- the feature-cached step at a fixed micro-batch: pass 1 (embeddings, no graph) +
   global loss and its gradient w.r.t. the embeddings + pass 2 (re-embed each micro-batch with a
-  graph, back-propagate the cached gradients) + Lamb -- ``Trainer.one_step`` itself.
+  graph, back-propagate the cached gradients) + Lamb -- ``Trainer.one_step`` itself, on a
+  Trainer built from the config and a model (``Trainer(cfg, info, model=...)``: no tokenizer or shards).
 
 Reported per configuration: seconds per step and per sample (median of the timed steps), peak
 RSS, the RSS already held before the step (interpreter + model + optimizer + the batch), and the
@@ -21,6 +22,10 @@ Threads: on a 2-core machine shared with other jobs, 2 OpenMP threads in one pro
 many times slower than 1 (each parallel region waits for a descheduled thread), so the
 1-process rows run with ``--threads`` (default 1) and also, unless ``--no-two-threads``, with 2
 threads; torchrun processes get 1 thread each (torchrun's own default with several processes).
+
+The parent never imports torch or openalign: on Linux a child's ``ru_maxrss`` starts from its
+parent's resident size at spawn (600 MB held by the parent shows as a 613 MB peak in a bare
+``python -c``), so a parent holding torch would inflate every small configuration's peak.
 
     .venv/bin/python bench/big_batch.py [--batches 256,2048,16384] [--micro 128] [--plain 256]
         [--dist-batch 2048] [--min-samples 2048] [--png bench/out/big_batch.png]
@@ -62,28 +67,21 @@ def peak_rss_mb() -> float:
 
 
 def worker(args: argparse.Namespace) -> None:
+    # lazy: child-only imports, so the parent stays small (see the module docstring on ru_maxrss)
     import torch
+    import torch.distributed as dist
 
-    torch.set_num_threads(args.threads)
     from openalign.models.presets import get_preset
     from openalign.train.config import TrainConfig
     from openalign.train.distributed import barrier, init_distributed
     from openalign.train.loop import Trainer, build_model
-    from openalign.train.optim import build_optimizer, build_schedule
-    from openalign.train.step import StepSpec
 
+    torch.set_num_threads(args.threads)
     info = init_distributed()
     micro = args.micro if args.mode == "cached" else None
     cfg = TrainConfig(preset=args.preset, batch_size=args.batch, micro_batch_size=micro, steps=100_000,
                       warmup_steps=10, seed=0)
-    tr = Trainer.__new__(Trainer)  # Trainer.__init__ minus tokenizer and shards
-    tr.cfg, tr.info = cfg, info
-    tr.model = build_model(cfg, vocab_size=args.vocab).train()
-    tr.params = [p for p in tr.model.parameters() if p.requires_grad]
-    tr.optimizer = build_optimizer(tr.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.temperature_lr)
-    tr.scheduler = build_schedule(tr.optimizer, cfg.warmup_steps, cfg.steps)
-    tr.step = 0
-    tr._fwd = tr.model
+    tr = Trainer(cfg, info, model=build_model(cfg, vocab_size=args.vocab))  # no tokenizer or shards
 
     local = args.batch // info.world_size
     size = get_preset(args.preset).image_size
@@ -98,9 +96,7 @@ def worker(args: argparse.Namespace) -> None:
 
     # warm-up on a small slice with the same micro-batch (kernels, optimizer state), not timed
     warm_n = min(local, 2 * micro) if micro else local
-    tr.spec = StepSpec(seed=0, micro_batch_size=micro, label_smoothing=cfg.label_smoothing, rank=info.rank)
     tr.one_step({k: v[:warm_n] for k, v in batch.items()})
-    tr.step += 1
     base = rss_mb()
     times = []
     for _ in range(args.steps):
@@ -109,15 +105,12 @@ def worker(args: argparse.Namespace) -> None:
         m = tr.one_step(batch)
         barrier(info)
         times.append(time.perf_counter() - t0)
-        tr.step += 1
         if not math.isfinite(m["loss"]):
             raise RuntimeError(f"loss {m['loss']}")
     res = {"mode": args.mode, "batch": args.batch, "micro": micro, "world": info.world_size,
-           "threads": args.threads, "step_s": times, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base,
+           "dim": get_preset(args.preset).dim, "threads": args.threads, "step_s": times, "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base,
            "pixels_mb": pixels_mb, "loss": m["loss"]}
     if info.enabled:
-        import torch.distributed as dist
-
         allres: list = [None] * info.world_size
         dist.all_gather_object(allres, res)
         res["peak_rss_mb"] = max(r["peak_rss_mb"] for r in allres)  # per process, the larger one
@@ -130,7 +123,7 @@ def worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 # child: the loss alone at the largest batch: full logits, the library's tiles, a blockwise prototype
 # ---------------------------------------------------------------------------------------------
-def _make_blockwise():
+def _make_blockwise():  # lazy torch import inside: called in the loss child only
     """A PROPOSAL (not used by the trainer): both directions of the loss in row blocks.
 
     ``openalign.losses.contrastive_loss`` materialises the (N, N) logits twice (one per
@@ -196,11 +189,14 @@ def _make_blockwise():
 
 
 def loss_worker(args: argparse.Namespace) -> None:
+    # lazy: child-only imports, so the parent stays small (see the module docstring on ru_maxrss)
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(args.threads)
+    # not openalign.models.presets (the dim comes as --dim): transformers would add ~150 MB to the peak
     from openalign.losses import contrastive_loss
+
+    torch.set_num_threads(args.threads)
 
     def full(a, b, t):  # the whole (N, N) logits at once, as before the tiling
         return contrastive_loss(a, b, t, max_logits=1 << 62)
@@ -332,6 +328,7 @@ def print_dist_table(rows: list[dict]) -> None:
 
 
 def plot(rows: list[dict], plain: dict, dist_rows: list[dict], path: str) -> None:
+    # lazy: only with --png, and the Agg backend must be chosen before pyplot is imported
     import matplotlib
 
     matplotlib.use("Agg")
@@ -413,9 +410,7 @@ def main() -> None:
         dist_rows.append(run_child("cached", args.dist_batch, args, nproc=args.nproc, threads=1))
     loss_rows = []
     if not args.no_loss_compare:
-        from openalign.models.presets import get_preset
-
-        dim = get_preset(args.preset).dim
+        dim = next(r["dim"] for r in [plain, *rows] if r)  # the embedding width, as a training child reported it
         loss_rows = [r for r in (run_loss_child(m, max(batches), dim, args) for m in ("current", "tiled", "blockwise")) if r]
     rows = [r for r in rows if r]
     dist_rows = [r for r in dist_rows if r]

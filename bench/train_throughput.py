@@ -5,10 +5,10 @@ in the same process, with the same batch size; the variants are interleaved roun
 step of each per round, order rotated) so that load from other users of a shared machine hits
 every variant alike. Warm-up steps are excluded; each figure is the median of the timed steps.
 
-ours   ``Trainer.one_step`` itself (a Trainer assembled without data/tokenizer): ``train_step``
-       (uint8 pixels normalised on the fly, L2-normalised float32 embeddings, the paper's loss in
-       float32 -- SUM of both directions), gradient-norm computation (clip at inf), Lamb,
-       schedule, temperature clamp. Variants: bf16 autocast, channels_last, both, and AdamW in
+ours   ``Trainer.one_step`` itself (``Trainer(cfg, info, model=...)``: no tokenizer or shards), i.e.
+       ``openalign.train.step.train_step``: gradients (uint8 pixels normalised on the fly,
+       L2-normalised float32 embeddings, the paper's loss in float32 -- SUM of both directions),
+       gradient-norm computation (clip at inf), Lamb, schedule, temperature clamp. Variants: bf16 autocast, channels_last, both, and AdamW in
        place of Lamb (isolates the optimizer's cost).
 naive  ``transformers.AlignModel(config)`` with our weights copied in; pixels already float32 in
        [-1, 1] in memory (what ``AlignProcessor`` hands you); ``model(..., return_loss=True)``,
@@ -42,10 +42,21 @@ import math
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import torch
+from transformers import AlignModel
+
+from openalign.losses import global_contrastive_loss
+from openalign.models.dual_encoder import DualEncoder
+from openalign.models.preprocess import normalize_pixels
+from openalign.models.presets import get_preset
+from openalign.train.config import TrainConfig
+from openalign.train.distributed import DistInfo
+from openalign.train.loop import Trainer, build_model
+from openalign.train.optim import build_optimizer
 
 VARIANTS = ["naive", "ours", "ours bf16", "ours channels_last", "ours bf16+channels_last", "ours adamw"]
 
@@ -73,31 +84,16 @@ def make_batch(image_size: int, batch: int, vocab: int, seq_len: int, seed: int 
             "input_ids": ids, "attention_mask": mask}
 
 
-def make_ours(preset: str, vocab: int, bf16: bool, channels_last: bool, optimizer: str) -> tuple[Callable[[], float], torch.nn.Module]:
-    """A Trainer with the real model/optimizer/schedule/StepSpec but no tokenizer or shards."""
-    from openalign.train.config import TrainConfig
-    from openalign.train.distributed import DistInfo
-    from openalign.train.loop import Trainer, build_model
-    from openalign.train.optim import build_optimizer, build_schedule
-    from openalign.train.step import StepSpec
-
-    cfg = TrainConfig(preset=preset, bf16=bf16, channels_last=channels_last, optimizer=optimizer,
+def make_ours(preset: str, vocab: int, batch: int, bf16: bool, channels_last: bool,
+              optimizer: str) -> tuple[Callable[[], float], torch.nn.Module]:
+    """A Trainer with the real model/optimizer/schedule/StepSpec, built from the config, but no tokenizer or shards."""
+    cfg = TrainConfig(preset=preset, bf16=bf16, channels_last=channels_last, optimizer=optimizer, batch_size=batch,
                       steps=100_000, warmup_steps=10, seed=0)
-    tr = Trainer.__new__(Trainer)  # what Trainer.__init__ builds, minus the tokenizer and the data check
-    tr.cfg, tr.info = cfg, DistInfo()
-    tr.model = build_model(cfg, vocab_size=vocab).train()
-    tr.params = [p for p in tr.model.parameters() if p.requires_grad]
-    tr.optimizer = build_optimizer(tr.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.temperature_lr)
-    tr.scheduler = build_schedule(tr.optimizer, cfg.warmup_steps, cfg.steps)
-    tr.step = 0
-    tr.spec = StepSpec(seed=cfg.seed, micro_batch_size=None, label_smoothing=cfg.label_smoothing, bf16=cfg.bf16)
-    tr._fwd = tr.model
+    tr = Trainer(cfg, DistInfo(), model=build_model(cfg, vocab_size=vocab))
     batch_ref: dict = {}
 
     def step() -> float:
-        m = tr.one_step(batch_ref["batch"])
-        tr.step += 1
-        return m["loss"]
+        return tr.one_step(batch_ref["batch"])["loss"]
 
     step.batch_ref = batch_ref  # type: ignore[attr-defined]
     step.optimizer = tr.optimizer  # type: ignore[attr-defined]
@@ -105,10 +101,6 @@ def make_ours(preset: str, vocab: int, bf16: bool, channels_last: bool, optimize
 
 
 def make_naive(preset: str, vocab: int, init_state: dict) -> tuple[Callable[[], float], torch.nn.Module]:
-    from transformers import AlignModel
-
-    from openalign.models.presets import get_preset
-
     model = AlignModel(get_preset(preset).align_config(vocab_size=vocab))
     model.load_state_dict(init_state)
     model.train()
@@ -147,9 +139,6 @@ class Row:
 
 def bench_preset(preset: str, batch: int, steps: int, warmup: int, seq_len: int, vocab: int,
                  variants: list[str]) -> list[Row]:
-    from openalign.models.preprocess import normalize_pixels
-    from openalign.models.presets import get_preset
-
     p = get_preset(preset)
     data = make_batch(p.image_size, batch, vocab, seq_len)
     float_data = {**data, "pixel_values": normalize_pixels(data["pixel_values"])}  # the naive side's input
@@ -158,7 +147,7 @@ def bench_preset(preset: str, batch: int, steps: int, warmup: int, seq_len: int,
     for v in variants:
         if v == "naive":
             continue
-        fn, model = make_ours(preset, vocab, bf16="bf16" in v, channels_last="channels_last" in v,
+        fn, model = make_ours(preset, vocab, batch, bf16="bf16" in v, channels_last="channels_last" in v,
                               optimizer="adamw" if "adamw" in v else "lamb")
         if init_state is None:
             init_state = {k: t.detach().clone() for k, t in model.align.state_dict().items()}
@@ -166,8 +155,6 @@ def bench_preset(preset: str, batch: int, steps: int, warmup: int, seq_len: int,
         steppers[v] = fn
     if "naive" in variants:
         if init_state is None:
-            from openalign.models.dual_encoder import DualEncoder
-
             init_state = DualEncoder.from_preset(preset, vocab_size=vocab, seed=0).align.state_dict()
         fn, _ = make_naive(preset, vocab, init_state)
         fn.batch_ref["batch"] = float_data  # type: ignore[attr-defined]
@@ -190,11 +177,6 @@ def bench_preset(preset: str, batch: int, steps: int, warmup: int, seq_len: int,
 
 def time_parts(preset: str, batch: int, vocab: int, seq_len: int, reps: int = 5) -> dict[str, float]:
     """Milliseconds for the pieces that differ: optimizer steps alone, pixel normalisation, loss."""
-    from openalign.models.preprocess import normalize_pixels
-    from openalign.losses import global_contrastive_loss
-    from openalign.models.dual_encoder import DualEncoder
-    from openalign.train.optim import build_optimizer
-
     model = DualEncoder.from_preset(preset, vocab_size=vocab, seed=0)
     for prm in model.parameters():
         prm.grad = torch.randn_like(prm) * 1e-3
@@ -215,8 +197,6 @@ def time_parts(preset: str, batch: int, vocab: int, seq_len: int, reps: int = 5)
         torch.nn.utils.clip_grad_norm_(params, math.inf)
         ts.append(time.perf_counter() - t0)
     out["grad-norm (clip at inf)"] = statistics.median(ts) * 1e3
-    from openalign.models.presets import get_preset
-
     px = make_batch(get_preset(preset).image_size, batch, vocab, seq_len)["pixel_values"]
     ts = []
     for _ in range(reps):
@@ -248,11 +228,11 @@ def print_table(rows: list[Row]) -> None:
 
 
 def plot(rows: list[Row], path: str) -> None:
+    # lazy: only with --png, and the Agg backend must be chosen before pyplot is imported
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from pathlib import Path
 
     presets = list(dict.fromkeys(r.preset for r in rows))
     fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 3.6), squeeze=False)
@@ -288,8 +268,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    batch = {**{"tiny": 64, "b3-mini": 8}, **parse_per_preset(args.batch, presets)}
-    steps = {**{"tiny": 10, "b3-mini": 4}, **parse_per_preset(args.steps, presets)}
+    batch = {"tiny": 64, "b3-mini": 8, **parse_per_preset(args.batch, presets)}
+    steps = {"tiny": 10, "b3-mini": 4, **parse_per_preset(args.steps, presets)}
     variants = VARIANTS if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}")

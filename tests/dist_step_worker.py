@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from openalign.models import DualEncoder, get_preset
 from openalign.train.distributed import all_reduce_mean, all_reduce_mean_grads, init_distributed
-from openalign.train.step import StepSpec, train_step
+from openalign.train.step import StepSpec, accumulate_grads
 
 
 def global_batch(n: int = 16) -> dict:
@@ -34,7 +34,7 @@ def step_grads(micro: int | None, freeze_bn: bool, dropout: bool) -> dict[str, t
     batch = global_batch()
     per = 16 // info.world_size
     local = {k: v[info.rank * per : (info.rank + 1) * per] for k, v in batch.items()}
-    out = train_step(model, local, step=3, spec=StepSpec(seed=7, micro_batch_size=micro, rank=info.rank))
+    out = accumulate_grads(model, local, step=3, spec=StepSpec(seed=7, micro_batch_size=micro, rank=info.rank))
     params = [p for p in model.parameters() if p.requires_grad]
     all_reduce_mean_grads(params, info.world_size)
     result = {f"grad.{n}": p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}

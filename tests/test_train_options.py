@@ -6,7 +6,7 @@ import torch
 from openalign.models import DualEncoder, get_preset
 from openalign.train.config import TrainConfig
 from openalign.train.loop import build_model
-from openalign.train.step import StepSpec, train_step
+from openalign.train.step import StepSpec, accumulate_grads
 
 import sys
 from pathlib import Path
@@ -17,7 +17,7 @@ from dist_step_worker import global_batch  # noqa: E402
 
 def _grads(model, micro=None, bf16=False):
     model.train()
-    out = train_step(model, global_batch(), step=0, spec=StepSpec(seed=1, micro_batch_size=micro, bf16=bf16))
+    out = accumulate_grads(model, global_batch(), step=0, spec=StepSpec(seed=1, micro_batch_size=micro, bf16=bf16))
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
     return out["loss"], grads, stats

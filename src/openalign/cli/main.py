@@ -20,12 +20,14 @@ COMMANDS: dict[str, list[str]] = {
     "tokenizer": ["openalign.cli.tokenizer"],
     "eval": ["openalign.cli.eval_retrieval", "openalign.cli.eval_classify", "openalign.cli.eval_suite"],
     "index": ["openalign.cli.index"],
+    "finetune": ["openalign.cli.finetune"],
 }
 GROUP_HELP = {
     "data": "build and inspect training data",
     "tokenizer": "WordPiece tokenizer",
     "eval": "evaluate a model",
     "index": "build and extend a search index",
+    "finetune": "fine-tune a pretrained model (retrieval, classification)",
 }
 
 

@@ -1,9 +1,19 @@
-"""Checkpoints: ``checkpoints/step-N/`` with model, optimizer, schedule, scaler, RNG and data state.
+"""Checkpoints: ``checkpoints/step-N/`` with model, optimizer, schedule, RNG and data state.
 
-Tensors go to safetensors and everything else to JSON, so loading a checkpoint never unpickles.
-A checkpoint is written into a temp folder, every file fsynced, its SHA-256 recorded in
-``meta.json`` (written last), then the folder is renamed into place. Loading verifies the
-checksums and falls back to the previous checkpoint when one is truncated or incomplete.
+Tensors go to safetensors and everything else to JSON, so loading a checkpoint never unpickles:
+
+* ``model.safetensors``: the model's state dict;
+* ``optimizer.safetensors``: the optimizer's per-parameter tensors (moments, step counts);
+* ``rng.safetensors``: each rank's torch (and CUDA) generator states, keys ``rank{r}.{name}``;
+* ``state.json``: ``step``, ``trainer`` (the caller's bookkeeping), ``optimizer`` (param groups and
+  non-tensor state), ``scheduler`` and ``scaler`` (state dicts, or null), and ``ranks``: per rank
+  ``{"rng": python/numpy RNG state, "data": the data readers' positions}``;
+* ``meta.json``: format, step and the SHA-256 of every other file.
+
+A checkpoint is written into a temp folder, the SHA-256 of every file recorded in ``meta.json``
+(written last, fsynced), the folder fsynced and then renamed into place. The other files are not
+fsynced one by one: loading verifies the checksums, so a file a crash left truncated is caught,
+and the previous checkpoint is used instead.
 """
 
 from __future__ import annotations
@@ -104,7 +114,11 @@ def save_checkpoint(
     scaler: Any = None,
     keep: int = 3,
 ) -> Path:
-    """Write ``ckpt_dir/step-N`` atomically (rank 0). ``rank_states[r]`` = {"rng": ..., "data": ...} of rank r."""
+    """Write ``ckpt_dir/step-N`` atomically (rank 0); keep the newest ``keep``.
+
+    ``rank_states[r]`` is rank r's ``{"rng_tensors": ..., "rng_meta": ..., "data": ...}``, the first two
+    from :func:`rng_state`.
+    """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step-{step:08d}"
     tmp = ckpt_dir / f".tmp-step-{step:08d}"
@@ -190,7 +204,11 @@ def find_latest_valid(ckpt_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a verified checkpoint into plain dicts (no unpickling)."""
+    """Load a verified checkpoint into plain dicts (no unpickling).
+
+    The ``state.json`` keys, with ``model`` and ``optimizer`` as state dicts, and each of ``ranks``
+    given back its ``rng_tensors`` (pass them with its ``rng`` to :func:`set_rng_state`).
+    """
     verify(path)
     state = json.loads((path / "state.json").read_text())
     state["model"] = load_file(str(path / "model.safetensors"))

@@ -2,7 +2,13 @@
 
 Works for one process and under torchrun (each process reads its own part of the shards and
 computes its rows of the global-batch loss). ``--resume`` continues exactly from the newest
-valid checkpoint.
+valid checkpoint. The optimizer step itself lives in ``openalign.train.step``.
+
+A :class:`Trainer` is assembled from parts -- model, optimizer, schedule, step spec, process
+info, tokenizer -- each built from the ``TrainConfig`` unless given::
+
+    Trainer(cfg)                                             # what ``train(cfg)`` runs
+    Trainer(cfg, DistInfo(), model=build_model(cfg, 4096))   # no tokenizer or shards: one_step only
 """
 
 from __future__ import annotations
@@ -17,18 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
 from openalign.config import to_dict, write_json_atomic
-from openalign.media.shards import expand_urls
-from openalign.train.data import ShardStream, make_loader
-from openalign.models.preprocess import transform_for
 from openalign.errors import UserError
+from openalign.io import atomic_write_text
+from openalign.media.shards import expand_urls
 from openalign.models.dual_encoder import DualEncoder
+from openalign.models.preprocess import transform_for
 from openalign.models.presets import get_preset
 from openalign.models.tokenizer import load_tokenizer
 from openalign.train import checkpoint as ckpt
 from openalign.train.config import TrainConfig
-from openalign.train.distributed import DistInfo, all_reduce_mean, all_reduce_mean_grads, barrier, init_distributed
+from openalign.train.data import ShardStream, make_loader
+from openalign.train.distributed import DistInfo, barrier, init_distributed
 from openalign.train.optim import build_optimizer, build_schedule
 from openalign.train.step import StepSpec, train_step
 
@@ -58,7 +69,8 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> DualEncoder:
     if cfg.init:
         model = DualEncoder.from_pretrained(cfg.init)
     else:
-        preset = get_preset(cfg.preset).with_(embed_dim=cfg.embed_dim, temperature_init=cfg.temperature_init)
+        preset = get_preset(cfg.preset).with_towers(cfg.image_tower, cfg.text_tower, cfg.image_size)
+        preset = preset.with_(embed_dim=cfg.embed_dim, temperature_init=cfg.temperature_init)
         model = DualEncoder.from_preset(preset, vocab_size=vocab_size, seed=cfg.seed)
     if cfg.fixed_temperature is not None:
         model.temperature.data.fill_(cfg.fixed_temperature)
@@ -75,51 +87,75 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> DualEncoder:
 
 def _checkpoint_vision_blocks(model: DualEncoder) -> None:
     """Recompute each EfficientNet block in backward (transformers supports it only for BERT)."""
-    from torch.utils.checkpoint import checkpoint
-
     for block in model.align.vision_model.encoder.blocks:
         fwd = block.forward
         block.forward = lambda h, _f=fwd: checkpoint(_f, h, use_reentrant=False) if torch.is_grad_enabled() else _f(h)
 
 
-def _check_inputs(cfg: TrainConfig, info: DistInfo) -> tuple[int, int]:
+def _check_data(cfg: TrainConfig, need_tokenizer: bool) -> None:
     if not cfg.shards:
         raise UserError("train: no shards given; pass --shards 'DIR/{00000..00009}.tar' (img2dataset layout)")
-    if not cfg.tokenizer:
+    if need_tokenizer and not cfg.tokenizer:
         raise UserError("train: no tokenizer given; pass --tokenizer DIR (from `openalign tokenizer train`)")
+
+
+def _local_batch(cfg: TrainConfig, info: DistInfo) -> int:
+    """The per-process batch, after checking that the global batch splits into processes and micro-batches."""
     if cfg.batch_size % info.world_size:
         raise UserError(f"batch_size={cfg.batch_size} is not divisible by {info.world_size} processes")
     local = cfg.batch_size // info.world_size
     micro = cfg.micro_batch_size or local
     if local % micro:
         raise UserError(f"per-process batch {local} is not a multiple of micro_batch_size={micro}")
-    return local, micro
+    return local
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, info: DistInfo | None = None):
+    """Steps, logs, checkpoints and the final model of one run, assembled from parts.
+
+    Every part not given is built from ``cfg`` exactly as ``train(cfg)`` builds it:
+
+    * ``info``: from the torchrun environment (``init_distributed``);
+    * ``model`` and ``tokenizer``: without a model, the tokenizer is loaded from ``cfg.tokenizer``
+      (shards and tokenizer are then required) and the model built with its vocabulary; with a
+      model, the tokenizer is optional (only ``loader``/``run`` and the saved model need it);
+    * ``optimizer`` (over the model's parameters), ``scheduler`` (over the optimizer), ``spec``.
+
+    The model is moved to ``info.device`` and put in train mode before an optimizer is built
+    (a given optimizer must already hold the model's parameters on that device).
+    """
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo | None = None, *, model: DualEncoder | None = None,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, spec: StepSpec | None = None,
+                 tokenizer: Any = None):
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.info = info or init_distributed()
-        self.local_batch, self.micro = _check_inputs(cfg, self.info)
+        if model is None:
+            _check_data(cfg, need_tokenizer=tokenizer is None)
+        self.local_batch = _local_batch(cfg, self.info)
         self.run_dir = Path(cfg.out)
-        self.tokenizer = load_tokenizer(cfg.tokenizer, max_length=get_preset(cfg.preset).max_text_len)
-        self.model = build_model(cfg, vocab_size=len(self.tokenizer)).to(self.info.device)
+        if model is None:
+            if tokenizer is None:
+                tokenizer = load_tokenizer(cfg.tokenizer, max_length=get_preset(cfg.preset).max_text_len)
+            model = build_model(cfg, vocab_size=len(tokenizer))
+        self.tokenizer = tokenizer
+        self.model = model.to(self.info.device)
         self.model.train()
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.temperature_lr)
-        self.scheduler = build_schedule(self.optimizer, cfg.warmup_steps, cfg.steps)
+        if optimizer is None:
+            optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.temperature_lr)
+        self.optimizer = optimizer
+        self.scheduler = build_schedule(optimizer, cfg.warmup_steps, cfg.steps) if scheduler is None else scheduler
+        self.spec = StepSpec.from_config(cfg, self.info) if spec is None else spec
         self.step = 0
         self.elapsed = 0.0
         self.positions: dict[int, int] = {}  # data reader -> raw position consumed
         self.batches_seen = 0
         self.skipped: Counter = Counter()
-        self.spec = StepSpec(seed=cfg.seed, micro_batch_size=self.micro, label_smoothing=cfg.label_smoothing,
-                             negatives_fraction=cfg.negatives_fraction, bf16=cfg.bf16, rank=self.info.rank,
-                             device=self.info.device)
         self._fwd = torch.compile(self.model) if cfg.compile else self.model
-        self._writer = None
+        self._writer: SummaryWriter | None = None
 
     # -- state ---------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -158,7 +194,9 @@ class Trainer:
         barrier(self.info)
 
     # -- data ----------------------------------------------------------------------------------
-    def loader(self):
+    def loader(self) -> torch.utils.data.DataLoader:
+        if self.tokenizer is None:
+            raise UserError("train: this Trainer has no tokenizer; pass tokenizer= to read shards")
         preset = self.model.preset or get_preset(self.cfg.preset)
         stream = ShardStream(
             urls=expand_urls(self.cfg.shards), batch_size=self.local_batch,
@@ -172,23 +210,12 @@ class Trainer:
 
     # -- loop ----------------------------------------------------------------------------------
     def one_step(self, batch: dict) -> dict[str, float]:
-        out = train_step(self._fwd, batch, self.step, self.spec)
-        all_reduce_mean_grads(self.params, self.info.world_size)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        if self.model.temperature.requires_grad:
-            with torch.no_grad():
-                self.model.temperature.clamp_(min=self.cfg.min_temperature)
-        loss = all_reduce_mean(out["loss"], self.info.world_size)
-        return {"loss": float(loss), "loss_i2t": float(out["loss_i2t"]), "loss_t2i": float(out["loss_t2i"]),
-                "temperature": self.model.temperature.item(), "lr": self.scheduler.get_last_lr()[0],
-                "grad_norm": float(gnorm)}
+        """One optimizer update (``train_step``) on this process's batch; advances ``self.step``."""
+        metrics = train_step(self.model, self.optimizer, self.scheduler, batch, self.step, self.spec, forward=self._fwd)
+        self.step += 1
+        return metrics
 
     def run(self) -> TrainResult:
-        from tqdm.auto import tqdm
-
         cfg, info = self.cfg, self.info
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +232,6 @@ class Trainer:
             batch = next(it)
             self._account(batch.pop("state"))
             metrics = self.one_step(batch)
-            self.step += 1
             self.elapsed += time.monotonic() - t0
             losses.append(metrics["loss"])
             n_window += cfg.batch_size
@@ -235,9 +261,7 @@ class Trainer:
         row = {"step": self.step, **metrics}
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
+        if self._writer is None:  # created on the first log: no empty event file for runs that log nothing
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         for k, v in metrics.items():
             self._writer.add_scalar(f"train/{k}", v, self.step)
@@ -265,16 +289,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    from openalign.io import atomic_write_text
-
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def _gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     if not info.enabled:
         return [obj]
-    import torch.distributed as dist
-
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
@@ -294,4 +314,4 @@ def train(cfg: TrainConfig, resume: bool = False, info: DistInfo | None = None) 
     return trainer.run()
 
 
-__all__ = ["Trainer", "TrainResult", "train", "build_model"]
+__all__ = ["TrainResult", "Trainer", "build_model", "train"]

@@ -1,6 +1,11 @@
-"""One training step: the global-batch ALIGN loss with feature-cached micro-batch accumulation.
+"""One optimizer step: the global-batch ALIGN loss, its gradients, and the update.
 
-With micro-batches smaller than the per-process batch (the paper's 16k batch on small hardware):
+``train_step`` is the whole update, in order: (1) gradients of the global-batch loss,
+(2) their mean across processes, (3) clipping, (4) the optimizer step, (5) the LR schedule,
+(6) the temperature clamp. ``Trainer.one_step`` is a call to it.
+
+The gradients (``accumulate_grads``) come in micro-batches smaller than the per-process batch
+when asked (the paper's 16k batch on small hardware), with features cached:
 
 1. pass 1: embed every micro-batch without a graph (BatchNorm statistics update here, once);
 2. the loss over the whole batch -- gathered across processes -- and its gradient with respect
@@ -16,25 +21,40 @@ draws the same masks in both passes, and 2 processes x 1 micro-batch draw exactl
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
 
-from openalign.models.preprocess import normalize_pixels
 from openalign.losses import global_contrastive_loss
+from openalign.models.preprocess import normalize_pixels
+from openalign.train.config import TrainConfig
+from openalign.train.distributed import DistInfo, all_reduce_mean, all_reduce_mean_grads
 
 
 @dataclass(frozen=True)
 class StepSpec:
+    """Everything one step needs besides the model, optimizer, schedule and batch."""
+
     seed: int
-    micro_batch_size: int | None
+    micro_batch_size: int | None  # None = the whole per-process batch in one pass
     label_smoothing: float = 0.1
     negatives_fraction: float = 1.0
     bf16: bool = False
     rank: int = 0
     device: str = "cpu"
+    world_size: int = 1
+    grad_clip: float | None = None  # None = no clipping (the norm is still computed, for the log)
+    min_temperature: float = 1e-3
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, info: DistInfo) -> StepSpec:
+        return cls(seed=cfg.seed, micro_batch_size=cfg.micro_batch_size or cfg.batch_size // info.world_size,
+                   label_smoothing=cfg.label_smoothing, negatives_fraction=cfg.negatives_fraction, bf16=cfg.bf16,
+                   rank=info.rank, device=info.device, world_size=info.world_size, grad_clip=cfg.grad_clip,
+                   min_temperature=cfg.min_temperature)
 
 
 @contextlib.contextmanager
@@ -76,10 +96,10 @@ def _embed(model: nn.Module, batch: dict, sl: slice, spec: StepSpec) -> tuple[to
         return model(pixels, ids, mask)  # (b, D), (b, D) L2-normalised float32
 
 
-def train_step(model: nn.Module, batch: dict, step: int, spec: StepSpec) -> dict[str, torch.Tensor]:
+def accumulate_grads(model: nn.Module, batch: dict, step: int, spec: StepSpec) -> dict[str, torch.Tensor]:
     """Accumulate the gradient of the global-batch loss into ``.grad``; return the loss terms.
 
-    Gradients are per-process; average them across processes afterwards (``all_reduce_mean_grads``).
+    Gradients are per-process; ``train_step`` averages them across processes.
     """
     n = batch["pixel_values"].shape[0]
     m = spec.micro_batch_size or n
@@ -116,3 +136,32 @@ def train_step(model: nn.Module, batch: dict, step: int, spec: StepSpec) -> dict
                 i_c, t_c = _embed(model, batch, sl, spec)
             torch.autograd.backward([i_c, t_c], [g_img[sl], g_txt[sl]])
     return {k: v.detach() for k, v in out.items()}
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+               batch: dict, step: int, spec: StepSpec, forward: nn.Module | None = None) -> dict[str, float]:
+    """One optimizer update from this process's share of the global batch; returns the metrics to log.
+
+    ``batch``: ``pixel_values`` (n, 3, H, W) uint8, ``input_ids``/``attention_mask`` (n, L), n = the
+    per-process batch. ``forward`` runs the model (a ``torch.compile`` wrapper of ``model``, say);
+    ``model`` by default.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    # 1. gradient of the global-batch loss into .grad: this process's rows of the (N, N) logits
+    out = accumulate_grads(model if forward is None else forward, batch, step, spec)  # () loss terms
+    # 2. mean over processes: every process now holds the gradient of the global loss
+    all_reduce_mean_grads(params, spec.world_size)
+    # 3. clip the global norm (at inf: only measure it)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.grad_clip or math.inf)  # ()
+    # 4. update the weights, drop the gradients
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    # 5. learning rate for the next step
+    scheduler.step()
+    # 6. keep a learnable temperature positive
+    if model.temperature.requires_grad:
+        with torch.no_grad():
+            model.temperature.clamp_(min=spec.min_temperature)
+    loss = all_reduce_mean(out["loss"], spec.world_size)  # () mean over processes, for the log
+    return {"loss": float(loss), "loss_i2t": float(out["loss_i2t"]), "loss_t2i": float(out["loss_t2i"]),
+            "temperature": model.temperature.item(), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
