@@ -41,7 +41,7 @@ def step_grads(micro: int | None, freeze_bn: bool, dropout: bool) -> dict[str, t
     result["loss"] = all_reduce_mean(out["loss"], info.world_size).reshape(1)
     # this process's BatchNorm running statistics after the step (per-device, as the paper)
     for n, b in model.named_buffers():
-        if "running_mean" in n:
+        if "running_mean" in n or "num_batches_tracked" in n:
             result[f"buf.{n}"] = b.detach().clone()
     return result
 

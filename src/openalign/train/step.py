@@ -7,7 +7,10 @@
 The gradients (``accumulate_grads``) come in micro-batches smaller than the per-process batch
 when asked (the paper's 16k batch on small hardware), with features cached:
 
-1. pass 1: embed every micro-batch without a graph (BatchNorm statistics update here, once);
+1. pass 1: embed every micro-batch without a graph; BatchNorm layers normalise each micro-batch
+   with its own statistics (per-device BatchNorm, as the paper) but their running statistics are
+   updated ONCE, with the statistics of the whole per-process batch (:func:`one_bn_update`), as
+   one pass over that batch would: the number of micro-batches does not change the averages;
 2. the loss over the whole batch -- gathered across processes -- and its gradient with respect
    to the embeddings (and the temperature);
 3. pass 2: re-embed each micro-batch with a graph and back-propagate the cached embedding
@@ -82,6 +85,47 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
             m.num_batches_tracked.copy_(nbt)
 
 
+@contextlib.contextmanager
+def one_bn_update(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside see frozen running statistics; on exit every BatchNorm gets one
+    momentum update with the mean and unbiased variance of all the inputs it saw (the union of the
+    micro-batches), exactly what a single train-mode pass over them would have applied.
+
+    Hand-written: torch has no way to defer BatchNorm's running-statistics update across calls.
+    """
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+    seen: dict[nn.Module, list] = {}
+
+    def collect(m: nn.Module, inputs: tuple, _out: torch.Tensor) -> None:
+        x = inputs[0].detach().double()  # (B, C, ...) -> per-channel count, sum, sum of squares
+        dims = [0, *range(2, x.dim())]
+        acc = seen.setdefault(m, [0, 0.0, 0.0])
+        acc[0] += x.numel() // x.shape[1]
+        acc[1] = acc[1] + x.sum(dims)
+        acc[2] = acc[2] + (x * x).sum(dims)
+
+    handles = [m.register_forward_hook(collect) for m in bns]
+    try:
+        with frozen_bn_stats(model):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        for m, (n, total, squares) in seen.items():
+            if isinstance(m, nn.SyncBatchNorm) and torch.distributed.is_initialized():
+                stats = torch.stack([torch.full_like(total, float(n)), total, squares])  # global, as SyncBN
+                torch.distributed.all_reduce(stats)
+                n, total, squares = int(stats[0, 0].item()), stats[1], stats[2]
+            mean = total / n
+            var = (squares / n - mean * mean).clamp_(min=0) * (n / max(1, n - 1))  # unbiased, as torch
+            m.num_batches_tracked.add_(1)
+            mom = m.momentum if m.momentum is not None else 1.0 / float(m.num_batches_tracked)
+            m.running_mean.mul_(1 - mom).add_(mean.to(m.running_mean.dtype), alpha=mom)
+            m.running_var.mul_(1 - mom).add_(var.to(m.running_var.dtype), alpha=mom)
+
+
 def _autocast(spec: StepSpec):
     if not spec.bf16:
         return contextlib.nullcontext()
@@ -117,8 +161,8 @@ def accumulate_grads(model: nn.Module, batch: dict, step: int, spec: StepSpec) -
             out["loss"].backward()
         return {k: v.detach() for k, v in out.items()}
 
-    # 1. embeddings of every micro-batch, no graph
-    with torch.no_grad():
+    # 1. embeddings of every micro-batch, no graph; one BatchNorm update for the whole batch
+    with torch.no_grad(), one_bn_update(model):
         embs = []
         for c, sl in enumerate(chunks):
             with replay_rng(spec.seed, step, first + c, spec.device):
