@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from openalign.cli import main as cli_main
 from openalign.train.config import TrainConfig
 from openalign.train.loop import train
 
@@ -132,3 +133,105 @@ def test_max_minutes_stops_early_and_saves(tiny_data, tmp_path):
     assert 0 <= res.step < 50  # the budget ran out before (or right after) the first step
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == res.step
+
+
+def _write_unusable_shards(root: Path) -> str:
+    """Two shards whose captions sit under another extension (.caption), so no sample is usable."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(2):
+        with tarfile.open(root / f"{s:05d}.tar", "w") as tar:
+            for i in range(6):
+                buf = io.BytesIO()
+                Image.new("RGB", (40, 40), (i * 30, 0, 0)).save(buf, format="JPEG")
+                for name, data in ((f"{s}{i:04d}.jpg", buf.getvalue()), (f"{s}{i:04d}.caption", b"a red square")):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(root / "{00000..00001}.tar")
+
+
+def test_shards_without_a_usable_sample_stop_with_one_line(tiny_data, tmp_path, capsys):
+    """No usable sample in a whole pass (captions under another extension): stop, naming the shards and
+    the skip counts, instead of looping forever."""
+    shards = _write_unusable_shards(tmp_path / "bad")
+    rc = cli_main.main(["train", "--shards", shards, "--tokenizer", tiny_data["tokenizer"], "--out",
+                        str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--workers", "1",
+                        "--preset", "tiny"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "00000.tar" in err and "missing_caption" in err and "no usable sample" in err
+
+
+def test_missing_shard_pattern_is_one_line(tiny_data, tmp_path, capsys):
+    rc = cli_main.main(["train", "--shards", str(tmp_path / "nope/{00000..00003}.tar"), "--tokenizer",
+                        tiny_data["tokenizer"], "--out", str(tmp_path / "run"), "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "nope/00000.tar" in err and "not found" in err
+
+
+@pytest.mark.parametrize("change", [("--seed", "5"), ("--workers", "1"), ("--shuffle-buffer", "7"),
+                                   ("--batch-size", "16")])
+def test_resume_with_other_data_settings_is_refused(tiny_data, tmp_path, capsys, change):
+    """Resuming with another seed/workers/shuffle buffer/batch would misalign the saved data positions."""
+    base = ["train", "--shards", tiny_data["shards"], "--tokenizer", tiny_data["tokenizer"], "--out",
+            str(tmp_path / "run"), "--batch-size", "8", "--workers", "2", "--ckpt-every", "1", "--preset", "tiny"]
+    assert cli_main.main(base + ["--steps", "1"]) == 0
+    capsys.readouterr()
+    args = base + ["--steps", "2", "--resume"]
+    i = args.index(change[0]) if change[0] in args else None
+    if i is not None:
+        args[i + 1] = change[1]
+    else:
+        args += list(change)
+    rc = cli_main.main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert change[0].lstrip("-").replace("-", "_") in err and "config.json" in err
+
+
+def test_torn_metrics_line_does_not_stop_a_resume(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(tiny_data, out, steps=2, ckpt_every=1))
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 3, "loss": 1.2')  # a crash mid-write
+    res = train(_cfg(tiny_data, out, steps=3, ckpt_every=1), resume=True)
+    assert res.step == 3
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows][-1] == 3
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle_only"])
+def test_bad_model_folder_is_one_line_naming_the_file(tiny_data, tmp_path, capsys, damage):
+    """A corrupt model.safetensors, or a folder holding only a pickle (never unpickled), ends in one line
+    that names the file and the fix, exit 2: no traceback."""
+    from openalign.models.dual_encoder import DualEncoder
+    from openalign.models.tokenizer import load_tokenizer
+
+    model_dir = tmp_path / "model"
+    DualEncoder.from_preset("tiny", vocab_size=len(load_tokenizer(tiny_data["tokenizer"])), seed=0).save_pretrained(
+        model_dir)
+    weights = model_dir / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:5000])
+        named = "model.safetensors"
+    else:
+        weights.rename(model_dir / "pytorch_model.bin")
+        named = "pytorch_model.bin"
+    capsys.readouterr()  # drop the set-up's own output
+    rc = cli_main.main(["train", "--shards", tiny_data["shards"], "--tokenizer", tiny_data["tokenizer"],
+                        "--out", str(tmp_path / "run"), "--steps", "1", "--init", str(model_dir)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert named in err and ("corrupt" in err or "pickle" in err)
+
+
+def test_unknown_preset_is_one_line(tiny_data, tmp_path, capsys):
+    rc = cli_main.main(["train", "--shards", tiny_data["shards"], "--tokenizer", tiny_data["tokenizer"],
+                        "--out", str(tmp_path / "run"), "--steps", "1", "--preset", "b9-huge"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "b9-huge" in err and "tiny" in err, err

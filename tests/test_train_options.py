@@ -75,3 +75,20 @@ def test_fine_tune_from_init_dir(tmp_path, tiny_data):
     a = dict(src.named_parameters())["align.text_projection.weight"]
     b = dict(tuned.named_parameters())["align.text_projection.weight"]
     assert torch.allclose(a, b, atol=1e-3) and not torch.equal(a, b)  # started from init, moved a little
+
+
+def test_default_threads_leave_a_core_for_workers_and_neighbours(monkeypatch):
+    """torch's one thread per core stalls when anything else holds a core: the default is this process's
+    share of the usable cores minus one, and at least one."""
+    import os
+
+    from openalign.train.loop import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert default_threads() == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_threads() == 1

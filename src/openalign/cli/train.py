@@ -23,7 +23,15 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
                    help="continue from the newest valid checkpoint in --out")
     p.add_argument("--config", default=None, help="a config.json from an earlier run to start from")
     p.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE", help="more config overrides")
-    add_config_flags(p, TrainConfig)
+    add_config_flags(p, TrainConfig, meta={
+        "threads": {"help": "torch threads per process; none = this process's share of the cores minus one "
+                            "(at least 1): torch's one-per-core default stalls whenever a data worker or another "
+                            "process holds a core (2 shared cores: 437 -> 76 samples/s measured)"},
+        "image_tower": {"help": "efficientnet-b0 .. efficientnet-b7, efficientnet-l2 (none = the preset's)"},
+        "text_tower": {"help": "bert-mini, bert-small, bert-medium, bert-base, bert-large (none = the preset's)"},
+        "image_size": {"help": "crop fed to the image tower in px (none = the preset's; train resize scales with it)"},
+        "embed_dim": {"help": "embedding size (none = the image tower's width: a plain AlignModel)"},
+    })
 
 
 def run(args: argparse.Namespace) -> int:

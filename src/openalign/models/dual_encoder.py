@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AlignModel, AlignProcessor
 
+from openalign.errors import UserError
 from openalign.io import atomic_write_text
 from openalign.models.presets import ModelPreset, get_preset
 
@@ -68,7 +69,7 @@ class DualEncoder(nn.Module):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: no config.json; pass a model directory written by `openalign train` "
                                     "or a downloaded kakaobrain/align-base folder")
-        align = AlignModel.from_pretrained(str(path), use_safetensors=_has_safetensors(path))
+        align = _load_align(path)
         proj = None
         meta = read_openalign_json(path)
         if (path / IMAGE_PROJECTION_FILE).is_file():
@@ -225,8 +226,29 @@ def _exact_efficientnet(vision: nn.Module, drop_connect_rate: float, bn_momentum
                 m.momentum = bn_momentum
 
 
-def _has_safetensors(path: Path) -> bool:
-    return any(path.glob("*.safetensors"))
+def _load_align(path: Path) -> AlignModel:
+    """``AlignModel.from_pretrained`` on safetensors weights only; every failure is one line naming the
+    file and the fix. Pickled weights (``pytorch_model.bin``) are refused: unpickling runs code."""
+    weights = sorted(p.name for p in path.glob("*.safetensors") if p.name != IMAGE_PROJECTION_FILE)
+    if not weights:
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        if pickles:
+            raise UserError(f"{path / pickles[0]}: weights only as a pickle, which OpenALIGN never loads "
+                            "(unpickling can run code); convert it to model.safetensors with a tool you trust "
+                            "or download the safetensors version of the model")
+        raise UserError(f"{path}: no model.safetensors; pass a model directory written by `openalign train` "
+                        "or a downloaded kakaobrain/align-base folder")
+    try:
+        json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path / 'config.json'}: not readable JSON ({exc}); restore the file from the "
+                        "model's source") from None
+    try:
+        return AlignModel.from_pretrained(str(path), use_safetensors=True)
+    except Exception as exc:  # safetensors, transformers and OS errors: name the file, not a traceback
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"{path / weights[0]}: cannot load the weights ({detail[:200]}); the file is corrupt or "
+                        "truncated: copy it again or retrain") from None
 
 
 def read_openalign_json(path: str | Path) -> dict:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from openalign.errors import UserError
 from openalign.media.shards import decode_sample, iter_samples
 from openalign.models.tokenizer import tokenize
 
@@ -29,6 +30,7 @@ class ReaderSlot:
     index: int  # global reader index in [0, n_readers)
     n_readers: int
     position: int = 0  # raw samples consumed so far (across epochs)
+    epoch: int = 0  # the pass over the data the reader is in
 
 
 @dataclass
@@ -68,7 +70,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         return ReaderSlot(index=index, n_readers=n_readers, position=self.start_positions.get(index, 0))
 
     def _raw_stream(self, slot: ReaderSlot, counts: Counter) -> Iterator[tuple[int, dict]]:
-        """(raw position, sample) pairs for this reader, epoch after epoch."""
+        """(raw position, sample) pairs for this reader, epoch after epoch; ``slot.epoch`` is the
+        current epoch (the caller watches it to notice a whole pass without a usable sample)."""
         n_urls = len(self.urls)
         by_shard = n_urls >= slot.n_readers
         pos = 0
@@ -84,14 +87,16 @@ class ShardStream(torch.utils.data.IterableDataset):
                 samples = (s for j, s in enumerate(iter_samples([self.urls[i] for i in order], counts))
                            if j % slot.n_readers == slot.index)
             buf_rng = random.Random(f"{self.seed}-buffer-{slot.index}-{epoch}")
+            slot.epoch = epoch
             any_sample = False
             for s in _shuffled(samples, self.shuffle_buffer, buf_rng):
                 any_sample = True
                 yield pos, s
                 pos += 1
             if not any_sample:
-                raise RuntimeError(f"reader {slot.index}/{slot.n_readers}: no readable samples in {len(self.urls)} "
-                                   "shard(s); check the shard spec and that the tars hold KEY.jpg + KEY.txt pairs")
+                raise UserError(f"{self.urls[0]}: reader {slot.index}/{slot.n_readers} found no readable sample in "
+                                f"{len(self.urls)} shard(s); check the shard spec and that the tars hold KEY.jpg + "
+                                "KEY.txt pairs")
             epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -99,9 +104,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         counts: Counter = Counter()
         pixels: list[torch.Tensor] = []
         texts: list[str] = []
+        epoch, decoded, usable, resumed = 0, 0, 0, False  # this epoch's tallies, to stop a hopeless loop
         for pos, sample in self._raw_stream(slot, counts):
+            if slot.epoch != epoch:
+                if decoded and not usable and not resumed:
+                    raise UserError(self._no_usable_message(slot, counts))
+                epoch, decoded, usable, resumed = slot.epoch, 0, 0, False
             if pos < slot.position:
+                resumed = True
                 continue  # resume: skip what this reader already consumed, without decoding
+            decoded += 1
             img, caption, reason = decode_sample(sample)
             counts["samples_read"] += 1
             if reason is not None:
@@ -115,6 +127,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 counts["corrupt_image"] += 1
                 continue
             texts.append(caption)
+            usable += 1
             if len(texts) == self.batch_size:
                 batch = self._collate(pixels, texts)
                 # this reader's position after the batch: where a resumed reader starts
@@ -122,6 +135,13 @@ class ShardStream(torch.utils.data.IterableDataset):
                 counts.clear()
                 yield batch
                 pixels, texts = [], []
+
+    def _no_usable_message(self, slot: ReaderSlot, counts: Counter) -> str:
+        names = ", ".join(self.urls[:3]) + (f" and {len(self.urls) - 3} more" if len(self.urls) > 3 else "")
+        reasons = {k: v for k, v in counts.items() if k != "samples_read" and v}
+        return (f"{names}: a whole pass over {len(self.urls)} shard(s) gave reader {slot.index}/{slot.n_readers} "
+                f"no usable sample (skipped: {reasons or 'nothing readable'}); shards need KEY.jpg|png|webp images "
+                "with KEY.txt captions (img2dataset's layout)")
 
     def _collate(self, pixels: list[torch.Tensor], texts: list[str]) -> dict[str, Any]:
         batch: dict[str, Any] = {"pixel_values": torch.stack(pixels), "texts": list(texts)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from openalign.config import to_dict, write_json_atomic
 from openalign.errors import UserError
 from openalign.io import atomic_write_text
-from openalign.media.shards import expand_urls
+from openalign.media.shards import resolve_shards
 from openalign.models.dual_encoder import DualEncoder
 from openalign.models.preprocess import transform_for
 from openalign.models.presets import get_preset
@@ -95,8 +96,35 @@ def _checkpoint_vision_blocks(model: DualEncoder) -> None:
 def _check_data(cfg: TrainConfig, need_tokenizer: bool) -> None:
     if not cfg.shards:
         raise UserError("train: no shards given; pass --shards 'DIR/{00000..00009}.tar' (img2dataset layout)")
+    resolve_shards(cfg.shards)  # a pattern that names missing files fails here, naming the first
     if need_tokenizer and not cfg.tokenizer:
         raise UserError("train: no tokenizer given; pass --tokenizer DIR (from `openalign tokenizer train`)")
+    if need_tokenizer and not (Path(cfg.tokenizer) / "tokenizer_config.json").is_file() \
+            and not (Path(cfg.tokenizer) / "vocab.txt").is_file():
+        raise UserError(f"--tokenizer {cfg.tokenizer}: no tokenizer_config.json or vocab.txt there; "
+                        "pass the folder written by `openalign tokenizer train` (or a model directory)")
+
+
+def default_threads() -> int:
+    """This process's share of the usable cores, minus one for data workers and neighbours (>= 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // max(1, local) - 1)
+
+
+# Fields that decide which sample each reader reads at which position: a checkpoint's data
+# positions only mean something with the same values (they are checked on --resume).
+DATA_FIELDS = ("shards", "seed", "workers", "shuffle_buffer", "batch_size")
+
+
+def check_resume_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
+    """Refuse to resume with data settings that would silently misalign the saved positions."""
+    for name in DATA_FIELDS:
+        if name in saved and saved[name] != getattr(cfg, name):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{where}: this run was started with {name}={saved[name]!r}, resumed with "
+                            f"{getattr(cfg, name)!r}; the saved data positions only hold for the same value: "
+                            f"resume with {flag} {saved[name]} or start a new run in another --out")
 
 
 def _local_batch(cfg: TrainConfig, info: DistInfo) -> int:
@@ -130,9 +158,9 @@ class Trainer:
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, spec: StepSpec | None = None,
                  tokenizer: Any = None):
         self.cfg = cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.info = info or init_distributed()
+        if self.info.device == "cpu" or cfg.threads:
+            torch.set_num_threads(cfg.threads or default_threads())
         if model is None:
             _check_data(cfg, need_tokenizer=tokenizer is None)
         self.local_batch = _local_batch(cfg, self.info)
@@ -163,6 +191,9 @@ class Trainer:
         if path is None:
             log.info("no valid checkpoint in %s: starting from scratch", self.run_dir / "checkpoints")
             return False
+        saved_cfg = self.run_dir / "config.json"
+        if saved_cfg.is_file():
+            check_resume_config(json.loads(saved_cfg.read_text()).get("train", {}), self.cfg, saved_cfg)
         state = ckpt.load_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -199,7 +230,7 @@ class Trainer:
             raise UserError("train: this Trainer has no tokenizer; pass tokenizer= to read shards")
         preset = self.model.preset or get_preset(self.cfg.preset)
         stream = ShardStream(
-            urls=expand_urls(self.cfg.shards), batch_size=self.local_batch,
+            urls=resolve_shards(self.cfg.shards), batch_size=self.local_batch,
             transform=transform_for(preset, train=True, uint8=True), tokenizer=self.tokenizer,
             max_text_len=preset.max_text_len, seed=self.cfg.seed, rank=self.info.rank,
             world_size=self.info.world_size, num_workers=self.cfg.workers, shuffle_buffer=self.cfg.shuffle_buffer,
@@ -229,7 +260,7 @@ class Trainer:
         it = iter(self.loader()) if self.step < cfg.steps else iter(())
         while self.step < cfg.steps and time.monotonic() < deadline:
             t0 = time.monotonic()
-            batch = next(it)
+            batch = _next_batch(it)
             self._account(batch.pop("state"))
             metrics = self.one_step(batch)
             self.elapsed += time.monotonic() - t0
@@ -284,11 +315,33 @@ class Trainer:
         return TrainResult(self.run_dir, model_dir, self.step, losses, dict(skipped), sps)
 
 
+def _next_batch(it: Any) -> dict:
+    """The next batch; a UserError raised in a DataLoader worker comes back wrapped in the worker's
+    traceback: keep its one line."""
+    try:
+        return next(it)
+    except UserError as exc:
+        text = str(exc).strip()
+        raise UserError(text.rsplit("UserError: ", 1)[-1].strip() if "Traceback" in text else text) from None
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+    """Drop log rows written after the checkpoint we resume from (they will be written again), and
+    rows a crash tore mid-write (not JSON, or without a step)."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    keep, torn = [], 0
+    for ln in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(ln)
+            row_step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            torn += int(bool(ln.strip()))
+            continue
+        if row_step <= step:
+            keep.append(ln)
+    if torn:
+        log.warning("%s: dropped %d torn line(s) left by an interrupted write", path, torn)
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
