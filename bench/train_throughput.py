@@ -10,6 +10,14 @@ ours   ``Trainer.one_step`` itself (``Trainer(cfg, info, model=...)``: no tokeni
        L2-normalised float32 embeddings, the paper's loss in float32 -- SUM of both directions),
        gradient-norm computation (clip at inf), Lamb, schedule, temperature clamp. Variants: bf16 autocast, channels_last, both, and AdamW in
        place of Lamb (isolates the optimizer's cost).
+ours elementwise-dropout
+       ``ours`` with transformers' stochastic depth put back: each EfficientNet block's
+       ``DropConnect`` (per-sample: whole residual branches, ``DualEncoder.from_preset``) swapped for
+       the ``nn.Dropout`` of the same rate that ``AlignModel`` builds there (element-wise), on its own
+       copy of the model (same initial weights). The ratio ``ours`` / this row shows what the
+       fidelity change costs per step. The ``tiny`` preset has drop-connect rate 0 (both modules
+       return their input); ``--drop-connect-rate R`` sets rate R * i / N in block i of N for every
+       variant (the naive model's ``nn.Dropout`` too), so that the comparison means something there.
 naive  ``transformers.AlignModel(config)`` with our weights copied in; pixels already float32 in
        [-1, 1] in memory (what ``AlignProcessor`` hands you); ``model(..., return_loss=True)``,
        ``loss.backward()``, ``torch.optim.AdamW`` over all parameters, ``zero_grad()``.
@@ -33,6 +41,9 @@ The loss itself is the same size on both sides (a B x B matrix in float32).
 
     .venv/bin/python bench/train_throughput.py [--presets tiny,b3-mini] [--batch tiny=64,b3-mini=8]
         [--steps tiny=10,b3-mini=4] [--warmup 2] [--variants all] [--threads 1] [--png bench/out/train_throughput.png]
+        [--drop-connect-rate R]
+    # the stochastic-depth check alone
+    .venv/bin/python bench/train_throughput.py --presets b3-mini --variants "ours,ours elementwise-dropout" --no-parts
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ import torch
 from transformers import AlignModel
 
 from openalign.losses import global_contrastive_loss
-from openalign.models.dual_encoder import DualEncoder
+from openalign.models.dual_encoder import DropConnect, DualEncoder
 from openalign.models.preprocess import normalize_pixels
 from openalign.models.presets import get_preset
 from openalign.train.config import TrainConfig
@@ -58,7 +69,8 @@ from openalign.train.distributed import DistInfo
 from openalign.train.loop import Trainer, build_model
 from openalign.train.optim import build_optimizer
 
-VARIANTS = ["naive", "ours", "ours bf16", "ours channels_last", "ours bf16+channels_last", "ours adamw"]
+VARIANTS = ["naive", "ours", "ours elementwise-dropout", "ours bf16", "ours channels_last", "ours bf16+channels_last",
+            "ours adamw"]
 
 
 def parse_per_preset(text: str, presets: list[str], cast=int) -> dict[str, int]:
@@ -84,12 +96,26 @@ def make_batch(image_size: int, batch: int, vocab: int, seq_len: int, seed: int 
             "input_ids": ids, "attention_mask": mask}
 
 
-def make_ours(preset: str, vocab: int, batch: int, bf16: bool, channels_last: bool,
-              optimizer: str) -> tuple[Callable[[], float], torch.nn.Module]:
+def set_stochastic_depth(vision: torch.nn.Module, rate: float | None, elementwise: bool) -> None:
+    """Put ``nn.Dropout`` (transformers' element-wise) or ``DropConnect`` (ours, per sample) in every
+    EfficientNet block, at the rate already there or, with ``rate``, at rate * i / N in block i of N."""
+    blocks = vision.encoder.blocks
+    for i, block in enumerate(blocks):
+        old = block.projection.dropout
+        r = (old.rate if isinstance(old, DropConnect) else old.p) if rate is None else rate * i / len(blocks)
+        block.projection.dropout = torch.nn.Dropout(r) if elementwise else DropConnect(r)
+
+
+def make_ours(preset: str, vocab: int, batch: int, bf16: bool, channels_last: bool, optimizer: str,
+              elementwise_dropout: bool = False,
+              drop_connect_rate: float | None = None) -> tuple[Callable[[], float], torch.nn.Module]:
     """A Trainer with the real model/optimizer/schedule/StepSpec, built from the config, but no tokenizer or shards."""
     cfg = TrainConfig(preset=preset, bf16=bf16, channels_last=channels_last, optimizer=optimizer, batch_size=batch,
                       steps=100_000, warmup_steps=10, seed=0)
-    tr = Trainer(cfg, DistInfo(), model=build_model(cfg, vocab_size=vocab))
+    model = build_model(cfg, vocab_size=vocab)  # a model of its own: the same seed gives the same weights
+    if elementwise_dropout or drop_connect_rate is not None:
+        set_stochastic_depth(model.align.vision_model, drop_connect_rate, elementwise_dropout)
+    tr = Trainer(cfg, DistInfo(), model=model)
     batch_ref: dict = {}
 
     def step() -> float:
@@ -100,9 +126,12 @@ def make_ours(preset: str, vocab: int, batch: int, bf16: bool, channels_last: bo
     return step, tr.model
 
 
-def make_naive(preset: str, vocab: int, init_state: dict) -> tuple[Callable[[], float], torch.nn.Module]:
+def make_naive(preset: str, vocab: int, init_state: dict,
+               drop_connect_rate: float | None = None) -> tuple[Callable[[], float], torch.nn.Module]:
     model = AlignModel(get_preset(preset).align_config(vocab_size=vocab))
     model.load_state_dict(init_state)
+    if drop_connect_rate is not None:
+        set_stochastic_depth(model.vision_model, drop_connect_rate, elementwise=True)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
     batch_ref: dict = {}
@@ -138,7 +167,7 @@ class Row:
 
 
 def bench_preset(preset: str, batch: int, steps: int, warmup: int, seq_len: int, vocab: int,
-                 variants: list[str]) -> list[Row]:
+                 variants: list[str], drop_connect_rate: float | None = None) -> list[Row]:
     p = get_preset(preset)
     data = make_batch(p.image_size, batch, vocab, seq_len)
     float_data = {**data, "pixel_values": normalize_pixels(data["pixel_values"])}  # the naive side's input
@@ -148,7 +177,8 @@ def bench_preset(preset: str, batch: int, steps: int, warmup: int, seq_len: int,
         if v == "naive":
             continue
         fn, model = make_ours(preset, vocab, batch, bf16="bf16" in v, channels_last="channels_last" in v,
-                              optimizer="adamw" if "adamw" in v else "lamb")
+                              optimizer="adamw" if "adamw" in v else "lamb",
+                              elementwise_dropout="elementwise-dropout" in v, drop_connect_rate=drop_connect_rate)
         if init_state is None:
             init_state = {k: t.detach().clone() for k, t in model.align.state_dict().items()}
         fn.batch_ref["batch"] = data  # type: ignore[attr-defined]
@@ -156,7 +186,7 @@ def bench_preset(preset: str, batch: int, steps: int, warmup: int, seq_len: int,
     if "naive" in variants:
         if init_state is None:
             init_state = DualEncoder.from_preset(preset, vocab_size=vocab, seed=0).align.state_dict()
-        fn, _ = make_naive(preset, vocab, init_state)
+        fn, _ = make_naive(preset, vocab, init_state, drop_connect_rate)
         fn.batch_ref["batch"] = float_data  # type: ignore[attr-defined]
         steppers["naive"] = fn
     order = [v for v in variants if v in steppers]
@@ -227,6 +257,19 @@ def print_table(rows: list[Row]) -> None:
             print(f"{r.preset:<8} {r.variant:<24} {r.batch:>5} {r.median:>13.3f} {r.sps:>10.1f} {ratio:>9}")
 
 
+def print_dropout_ratio(rows: list[Row], drop_connect_rate: float | None) -> None:
+    """What the per-sample drop-connect costs against transformers' element-wise dropout, per preset."""
+    for preset in dict.fromkeys(r.preset for r in rows):
+        rs = {r.variant: r for r in rows if r.preset == preset}
+        ours, elem = rs.get("ours"), rs.get("ours elementwise-dropout")
+        if ours is None or elem is None:
+            continue
+        rate = drop_connect_rate if drop_connect_rate is not None else get_preset(preset).drop_connect_rate
+        print(f"stochastic depth, {preset} (rate {rate:g}, block i of N at rate * i / N): ours (per-sample "
+              f"drop-connect) {ours.sps:.1f} samples/s vs transformers' element-wise dropout {elem.sps:.1f} "
+              f"samples/s: {ours.sps / elem.sps:.2f}x")
+
+
 def plot(rows: list[Row], path: str) -> None:
     # lazy: only with --png, and the Agg backend must be chosen before pyplot is imported
     import matplotlib
@@ -259,6 +302,9 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--variants", default="all", help=f"comma list from {VARIANTS} or 'all'")
     ap.add_argument("--no-parts", action="store_true", help="skip the per-part timings")
+    ap.add_argument("--drop-connect-rate", type=float, default=None,
+                    help="EfficientNet stochastic-depth rate R for every variant: block i of N at R * i / N "
+                         "(default: the preset's; tiny's is 0)")
     ap.add_argument("--png", default="bench/out/train_throughput.png", help="'' to skip the figure")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (0 = torch's default); 1 because on a shared 2-core machine 2 OpenMP "
@@ -278,11 +324,12 @@ def main() -> None:
     for p in presets:
         b, n = batch.get(p, 8), steps.get(p, 4)
         print(f"{p}: batch {b}, {args.warmup} warm-up + {n} timed steps per variant", flush=True)
-        rows += bench_preset(p, b, n, args.warmup, args.seq_len, args.vocab, variants)
+        rows += bench_preset(p, b, n, args.warmup, args.seq_len, args.vocab, variants, args.drop_connect_rate)
         if not args.no_parts:
             parts[p] = time_parts(p, b, args.vocab, args.seq_len)
     print()
     print_table(rows)
+    print_dropout_ratio(rows, args.drop_connect_rate)
     if parts:
         print()
         print("where the step differs (ms, median of 5):")

@@ -136,3 +136,19 @@ def test_efficientnet_fixes_leave_the_state_dict_as_transformers_writes_it():
     m = DualEncoder.from_preset(p, vocab_size=100, seed=0)
     plain = AlignModel(p.align_config(vocab_size=100))
     assert {k: v.shape for k, v in m.align.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+
+
+def test_global_pool_is_adaptive_and_equal_to_transformers_pooling():
+    """The image tower pools with AdaptiveAvgPool2d(1) (torch.compile lowers transformers'
+    AvgPool2d(2560, ceil_mode) pathologically): same pooled features as transformers' own pooler."""
+    import torch
+    from torch import nn
+
+    from openalign.models.dual_encoder import DualEncoder
+
+    model = DualEncoder.from_preset("tiny", vocab_size=64, seed=0).eval()
+    vision = model.align.vision_model
+    assert isinstance(vision.pooler, nn.AdaptiveAvgPool2d)
+    x = torch.randn(2, vision.config.hidden_dim, 3, 5)
+    ref = nn.AvgPool2d(vision.config.hidden_dim, ceil_mode=True)(x)
+    assert torch.allclose(vision.pooler(x), ref, atol=1e-6)

@@ -224,6 +224,12 @@ def _exact_efficientnet(vision: nn.Module, drop_connect_rate: float, bn_momentum
         for m in vision.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = bn_momentum
+    # 3. Global average pooling as such: transformers pools with AvgPool2d(kernel=hidden_dim=2560,
+    #    ceil_mode) -- the same numbers, but torch.compile lowers it to a 2560 x 2560 masked reduction
+    #    per output that took 1.41 of a 1.55 s compiled step (bench/gpu_step.py). No parameters: the
+    #    state dict and plain-transformers loading are unchanged.
+    if isinstance(getattr(vision, "pooler", None), nn.AvgPool2d):
+        vision.pooler = nn.AdaptiveAvgPool2d(1)
 
 
 def _load_align(path: Path) -> AlignModel:
