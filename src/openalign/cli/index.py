@@ -1,4 +1,5 @@
-"""``openalign index build`` / ``openalign index add``: embed images and write or extend a search index."""
+"""``openalign index build`` / ``openalign index add``: embed images (or read ``openalign embed`` parts) and write
+or extend a search index."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ SUMMARY = ("count", "dim", "index_type", "captions_indexed", "stats")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    b = sub.add_parser("build", help="embed a folder, shards or a Parquet table into a new index (atomic)")
+    b = sub.add_parser("build", help="embed a folder, shards or a Parquet table (or index the parts of "
+                                     "`openalign embed`) into a new index (atomic)")
     defer(b, _add_build_flags)
     b.set_defaults(func=_build)
     a = sub.add_parser("add", help="append images to an existing index without rebuilding it")
@@ -25,9 +27,14 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     from openalign.search.build import SourceOptions
     from openalign.search.index import IndexParams
 
-    p.add_argument("--model", required=True, help="model directory (openalign train output or align-base layout)")
+    p.add_argument("--model", default=None, help="model directory (openalign train output or align-base layout); "
+                                                 "required unless --embeddings")
     p.add_argument("--out", required=True, help="index directory to write (replaced atomically if it exists)")
     add_config_flags(p, SourceOptions, title="images to embed")
+    # one more source, outside the dataclass (it feeds another function): join the exactly-one-of group
+    group = next(g for g in p._mutually_exclusive_groups if any(a.dest == "images" for a in g._group_actions))
+    group.add_argument("--embeddings", default=None, metavar="EMB_DIR",
+                       help="the parts folder of `openalign embed` (every rank): index them, embedding nothing")
     add_config_flags(p, IndexParams, title="vector index")
 
 
@@ -44,11 +51,22 @@ def _build(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from openalign.cli._config_args import config_from_args
+    from openalign.errors import UserError
     from openalign.search.build import SourceOptions, build_index
     from openalign.search.index import IndexParams
 
     src, params = config_from_args(SourceOptions, args), config_from_args(IndexParams, args)
-    m = build_index(args.out, args.model, params=params, **asdict(src))
+    if args.embeddings:
+        from openalign.search.parts import build_index_from_parts
+
+        if args.model:
+            raise UserError("--model: not used with --embeddings (the parts' manifest names the model; "
+                            "`openalign search --model DIR` loads it from elsewhere)")
+        m = build_index_from_parts(args.embeddings, args.out, params)
+    elif not args.model:
+        raise UserError("--model: required to embed --images/--shards/--parquet; pass a model directory")
+    else:
+        m = build_index(args.out, args.model, params=params, **asdict(src))
     print(json.dumps({k: m[k] for k in SUMMARY}))
     return 0
 

@@ -15,7 +15,8 @@ from openalign.cli._config_args import LazyParser
 
 # group name -> modules registering subcommands in it; "" = top level
 COMMANDS: dict[str, list[str]] = {
-    "": ["openalign.cli.train", "openalign.cli.demo", "openalign.cli.search", "openalign.cli.serve"],
+    "": ["openalign.cli.train", "openalign.cli.demo", "openalign.cli.search", "openalign.cli.serve",
+         "openalign.cli.embed"],
     "data": ["openalign.cli.data_synth", "openalign.cli.data_build"],
     "tokenizer": ["openalign.cli.tokenizer"],
     "eval": ["openalign.cli.eval_retrieval", "openalign.cli.eval_classify", "openalign.cli.eval_suite"],

@@ -81,7 +81,7 @@ def build_index(out: str | Path, model_dir: str | Path | None, images: str | Non
                 num_workers: int = 2, thumb_size: int = 192, index_captions: bool = True,
                 embed: Callable[..., Iterator[dict[str, Any]]] = embed_batches, encoder: Any = None) -> dict:
     """Embed one source with the model at ``model_dir`` (or a ready ``encoder``) and write a new index at ``out``."""
-    bundle = encoder if encoder is not None else _load(model_dir)
+    bundle = encoder if encoder is not None else load_encoder(model_dir)
     dataset, total = make_source(images, shards, parquet, bundle.transform, thumb_size)
     contents = collect(bundle, embed(bundle, dataset, batch_size, num_workers, total), index_captions)
     contents.params = params
@@ -97,7 +97,7 @@ def add_to_index(index_dir: str | Path, model_dir: str | Path | None = None, ima
     model_dir = model_dir or (manifest.get("model") or {}).get("dir")
     if not model_dir and encoder is None:
         raise UserError(f"{index_dir}/manifest.json: model.dir is not set; pass --model DIR")
-    bundle = encoder if encoder is not None else _load(model_dir)
+    bundle = encoder if encoder is not None else load_encoder(model_dir)
     ident = model_identity(bundle)
     want = (manifest.get("model") or {}).get("fingerprint")
     if want and ident.get("fingerprint") and want != ident["fingerprint"]:
@@ -110,7 +110,8 @@ def add_to_index(index_dir: str | Path, model_dir: str | Path | None = None, ima
     return append_contents(index_dir, contents)
 
 
-def _load(model_dir: str | Path):
+def load_encoder(model_dir: str | Path, device: str = "cpu", bf16: bool = False) -> Any:
+    """The model bundle at ``model_dir`` (a clear error when it is not a folder)."""
     if not Path(model_dir).is_dir():
         raise UserError(f"--model {model_dir}: not a folder; pass a model directory written by `openalign train`")
-    return load_bundle(model_dir)
+    return load_bundle(model_dir, device=device, bf16=bf16)

@@ -135,20 +135,27 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        counts: Counter = Counter()
         for url in self.urls[wid::nw]:
-            for sample in iter_samples([url], counts):
-                rec = Record(path=f"{url}#{sample.get('__key__')}", caption=sample_caption(sample) or None)
-                img, reason = decode_image(sample)  # a missing caption is fine: the image is still indexed
-                if reason is not None:
-                    yield {"error": reason, "detail": rec.path}
-                    continue
-                try:
-                    yield make_item(img, rec, self.transform, self.thumb_size)
-                except Exception as exc:
-                    yield {"error": "corrupt_image", "detail": f"{rec.path}: {exc}"}
-        if counts.get("broken_shard_errors"):
-            yield {"error": "broken_shard", "detail": f"{counts['broken_shard_errors']} shard read error(s)"}
+            for _, item in shard_items(url, self.transform, self.thumb_size):
+                yield item
+
+
+def shard_items(url: str, transform: Callable, thumb_size: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(position in the shard, pipeline item) for every sample of one shard; a missing caption is fine
+    (the image is still indexed), a bad image is an error item, a broken shard ends with one (position -1)."""
+    counts: Counter = Counter()
+    for pos, sample in enumerate(iter_samples([url], counts)):
+        rec = Record(path=f"{url}#{sample.get('__key__')}", caption=sample_caption(sample) or None)
+        img, reason = decode_image(sample)
+        if reason is not None:
+            yield pos, {"error": reason, "detail": rec.path}
+            continue
+        try:
+            yield pos, make_item(img, rec, transform, thumb_size)
+        except Exception as exc:  # a bad image is skipped and counted, never fatal
+            yield pos, {"error": "corrupt_image", "detail": f"{rec.path}: {exc}"}
+    if counts.get("broken_shard_errors"):
+        yield -1, {"error": "broken_shard", "detail": f"{url}: {counts['broken_shard_errors']} read error(s)"}
 
 
 def make_source(images: str | None = None, shards: str | None = None, parquet: str | None = None,
