@@ -30,5 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(ServeConfig, args)
     if not 0 < cfg.port < 65536:
         raise UserError(f"--port: {cfg.port} is not a TCP port (1-65535)")
+    if cfg.max_upload_bytes < 1:
+        raise UserError(f"--max-upload-bytes: {cfg.max_upload_bytes} must be at least 1")
     serve(**asdict(cfg))
     return 0

@@ -12,19 +12,27 @@ Layout of an index directory::
 Row ``i`` of the metadata, the FAISS index and ``embeddings.npy`` is image id ``i``.
 
 The index type (exact flat, HNSW or IVF-PQ) is chosen from the collection size and a memory
-budget unless named. A build writes a sibling temp folder and swaps it in with two renames;
-a crash at any point leaves either the old or the new complete index (``load`` also recovers the
-one moment between the renames, when only ``.NAME.old`` exists).
+budget unless named. A build or an append writes a complete new version in a sibling temp
+folder and swaps it in: on Linux in one atomic step (``renameat2`` with ``RENAME_EXCHANGE``), so
+the index path always names a complete version; elsewhere with two renames (``load`` recovers the
+one moment between them, when only ``.NAME.old`` exists). A crash at any point leaves either the
+old or the new complete index. Every version's manifest carries a fresh ``version`` id, which
+readers check before and after loading (:class:`openalign.search.query.SearchIndex`), so a
+reader racing a swap reloads instead of mixing files of two versions.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +44,7 @@ import pandas as pd
 from openalign.errors import UserError
 from openalign.io import atomic_write_text, fsync_dir
 from openalign.registry import Registry
+from openalign.search.tuning import tune
 
 FORMAT = "openalign-index/1"
 MANIFEST, INDEX_FILE, EMBEDDINGS, METADATA = "manifest.json", "index.faiss", "embeddings.npy", "metadata.parquet"
@@ -61,10 +70,15 @@ class IndexParams:
     pq_m: int | None = field(default=None, metadata={  # None: the largest divisor of dim giving >= 8-d pieces
         "help": "PQ sub-quantizers; must divide the dim"})
     pq_nbits: int = 8
-    train_size: int = 50_000  # vectors sampled to train IVF-PQ
+    train_size: int = field(default=50_000, metadata={  # grown to TRAIN_PER_LIST * nlist when that is more
+        "help": "vectors sampled to train IVF-PQ (at least 64 per IVF list, at most 1M)"})
     rerank: int = field(default=10, metadata={  # approximate search fetches k * rerank candidates
         "help": "approximate: re-score k*rerank candidates exactly (1 = off)"})
     seed: int = 0
+    target_recall: float = field(default=0.95, metadata={  # 0 keeps the knobs above as given
+        "help": "tune nprobe/efSearch/rerank on held-out vectors for this recall@10 vs exact (0 = off)"})
+    tune_queries: int = field(default=500, metadata={
+        "help": "held-out vectors per tuning set (two sets: tune, then confirm on fresh ones)"})
 
     def resolved(self, n: int, dim: int) -> "IndexParams":
         """Fill the size-dependent fields (index type, nlist, pq_m) for ``n`` vectors of ``dim``."""
@@ -132,9 +146,18 @@ def _make_ivfpq(dim: int, train: np.ndarray, p: IndexParams):
     index = faiss.IndexIVFPQ(quantizer, dim, p.ivf_nlist, p.pq_m, p.pq_nbits, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = 10
     rng = np.random.default_rng(p.seed)
-    sample = train if len(train) <= p.train_size else train[rng.choice(len(train), p.train_size, replace=False)]
+    size = train_sample_size(len(train), p)
+    sample = train if len(train) <= size else train[np.sort(rng.choice(len(train), size, replace=False))]
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
+
+
+TRAIN_PER_LIST, TRAIN_CAP = 64, 1_000_000  # faiss warns under 39 training vectors per k-means centroid
+
+
+def train_sample_size(n: int, p: IndexParams) -> int:
+    """IVF training vectors: ``train_size``, grown with the lists (64 each, capped), at most ``n``."""
+    return min(n, max(p.train_size, min(TRAIN_PER_LIST * (p.ivf_nlist or 1), TRAIN_CAP)))
 
 
 def apply_search_params(index: Any, p: IndexParams) -> None:
@@ -152,6 +175,25 @@ def make_vector_index(vectors: np.ndarray, p: IndexParams) -> Any:
     add_in_chunks(index, vectors)
     apply_search_params(index, p)
     return index
+
+
+def build_vector_index(vectors: np.ndarray, p: IndexParams) -> tuple[Any, IndexParams, dict | None]:
+    """:func:`make_vector_index`, then its search knobs tuned to ``p.target_recall`` (see ``tuning``).
+
+    Returns the index, the params with the chosen ``ivf_nprobe``/``hnsw_ef_search``/``rerank``, and
+    the measurement for the manifest (None for exact search or ``target_recall <= 0``).
+    """
+    if not 0 <= p.target_recall <= 1:
+        raise UserError(f"--target-recall: {p.target_recall} is not between 0 and 1 (0 = no tuning)")
+    index = make_vector_index(vectors, p)
+    if p.index_type not in ("hnsw", "ivfpq") or p.target_recall <= 0 or len(vectors) < 8:
+        return index, p, None
+    t = tune(index, vectors, p.index_type, p.target_recall, queries=p.tune_queries, seed=p.seed)
+    c = t.chosen
+    p = replace(p, ivf_nprobe=c.nprobe or p.ivf_nprobe, hnsw_ef_search=c.ef_search or p.hnsw_ef_search,
+                rerank=c.rerank if p.index_type == "ivfpq" else p.rerank)
+    apply_search_params(index, p)
+    return index, p, t.to_dict()
 
 
 def add_in_chunks(index: Any, vectors: np.ndarray, chunk: int = 65_536) -> None:
@@ -218,7 +260,7 @@ def write_index(out: str | Path, contents: IndexContents, created: str | None = 
 
 def _write_files(tmp: Path, vectors: np.ndarray, c: IndexContents, p: IndexParams, created: str | None,
                  vector_index: Any) -> dict:
-    index = vector_index if vector_index is not None else make_vector_index(vectors, p)
+    index, p, tuning = (vector_index, p, None) if vector_index is not None else build_vector_index(vectors, p)
     faiss.write_index(index, str(tmp / INDEX_FILE))
     np.save(tmp / EMBEDDINGS, vectors.astype(np.float16))
     c.metadata.to_parquet(tmp / METADATA, index=False)
@@ -241,8 +283,11 @@ def _write_files(tmp: Path, vectors: np.ndarray, c: IndexContents, p: IndexParam
         "caption_count": int(len(c.caption_vectors)) if has_captions else 0,
         "created": created or now,
         "updated": now,
+        "version": uuid.uuid4().hex,  # unique per written version: readers detect a swap mid-load
         "stats": c.stats,
     }
+    if tuning is not None:  # achieved recall@k on held-out vectors and the chosen search knobs
+        manifest["tuning"] = tuning
     atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -251,18 +296,45 @@ def _write_files(tmp: Path, vectors: np.ndarray, c: IndexContents, p: IndexParam
 
 
 def swap_in(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by the complete folder ``tmp`` (two renames; see :func:`resolve_index_dir`)."""
+    """Replace ``out`` by the complete folder ``tmp``: one atomic exchange where the OS has it, else two renames."""
     old = out.with_name(f".{out.name}.old")
     if old.exists():
         shutil.rmtree(old)
     if out.exists():
         if not (out / MANIFEST).is_file() and any(out.iterdir()):
             raise UserError(f"--out {out}: exists and is not an openalign index; pick an empty or new folder")
+        if _exchange(tmp, out):  # ``out`` now holds the new version, ``tmp`` the previous one
+            fsync_dir(out.parent)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         out.rename(old)
     tmp.rename(out)
     fsync_dir(out.parent)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    False where that is not available (other OS, old libc or kernel, a filesystem without it):
+    the caller falls back to two renames.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def resolve_index_dir(path: str | Path) -> Path:

@@ -9,15 +9,25 @@ L2-normalised embeddings, each times its weight (the paper's ``image + "beige" -
 >>> s = Searcher.open("index/")
 >>> s.search(Query(text="a red circle"), k=5)
 >>> s.search(Query(image_id=3, terms=(Term("blue", 1.0), Term("red", -1.0))))
+
+A :class:`SearchIndex` is one complete version of an index directory (its files are checked to
+come from the same version); :class:`LiveSearcher` follows the directory while a server runs,
+handing each request the newest complete version.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import mmap
+import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import faiss
 import numpy as np
@@ -30,6 +40,7 @@ from openalign.search.index import (
     CAPTIONS,
     EMBEDDINGS,
     INDEX_FILE,
+    MANIFEST,
     METADATA,
     THUMBNAILS,
     IndexParams,
@@ -37,6 +48,10 @@ from openalign.search.index import (
     read_manifest,
     resolve_index_dir,
 )
+
+log = logging.getLogger(__name__)
+LOAD_TRIES = 5  # a load that races this many index swaps in a row gives up
+DECODE_SIDE = 1024  # query images are decoded with their shorter side near this when the encoder does not say
 
 
 class Encoder(Protocol):
@@ -128,19 +143,61 @@ class SearchIndex:
     """A loaded index directory: FAISS vectors, metadata, float16 vectors (mmap), thumbnails (mmap)."""
 
     def __init__(self, path: str | Path, params: IndexParams | None = None) -> None:
-        self.dir = resolve_index_dir(path)
-        self.manifest = read_manifest(self.dir)
+        self.source = Path(path)  # the path as given (``dir`` may be its ``.old`` copy mid-swap)
+        self.params_override = params
+        for attempt in range(LOAD_TRIES):
+            # Read the manifest's bytes, load every file, read them again: equal bytes (each version
+            # has a unique id) mean no swap happened in between, so all files are of one version.
+            try:
+                d = resolve_index_dir(path)
+                before = (d / MANIFEST).read_bytes()
+            except FileNotFoundError:  # the folder was swapped out between the two calls
+                continue
+            try:
+                self._load(d, params)
+            except Exception:
+                if _manifest_bytes(d) != before and attempt + 1 < LOAD_TRIES:
+                    continue  # a swap mid-load mixed two versions: load again
+                raise
+            if _manifest_bytes(d) == before:
+                return
+        raise UserError(f"--index {path}: the index was replaced {LOAD_TRIES} times while loading it; "
+                        "try again when `openalign index add` has finished")
+
+    def _load(self, d: Path, params: IndexParams | None) -> None:
+        self.dir = d
+        self.manifest = read_manifest(d)
         fields = {k: v for k, v in self.manifest["index_params"].items() if k in IndexParams.__dataclass_fields__}
         self.params = params or IndexParams(**fields)
-        self.index = faiss.read_index(str(self.dir / INDEX_FILE))
+        self.index = faiss.read_index(str(d / INDEX_FILE))
         apply_search_params(self.index, self.params)
-        self.embeddings = np.load(self.dir / EMBEDDINGS, mmap_mode="r")  # (N, D) float16
-        self.meta = pd.read_parquet(self.dir / METADATA)
-        self._thumbs = _map_file(self.dir / THUMBNAILS)
-        self.captions = faiss.read_index(str(self.dir / CAPTIONS)) if self.manifest.get("captions_indexed") else None
+        self.embeddings = np.load(d / EMBEDDINGS, mmap_mode="r")  # (N, D) float16
+        self.meta = pd.read_parquet(d / METADATA)
+        self._thumbs = _map_file(d / THUMBNAILS)
+        self.captions = faiss.read_index(str(d / CAPTIONS)) if self.manifest.get("captions_indexed") else None
         if not (len(self.meta) == self.index.ntotal == len(self.embeddings) == self.manifest["count"]):
-            raise UserError(f"{self.dir}: {METADATA}, {INDEX_FILE} and {EMBEDDINGS} disagree on the image count; "
+            raise UserError(f"{d}: {METADATA}, {INDEX_FILE} and {EMBEDDINGS} disagree on the image count; "
                             "rebuild the index with `openalign index build`")
+
+    @property
+    def version(self) -> str:
+        """The loaded version's id (the manifest's ``version``; ``updated`` for indexes written before it existed)."""
+        return str(self.manifest.get("version") or self.manifest.get("updated") or "")
+
+    @functools.cached_property
+    def local_root(self) -> str | None:
+        """The deepest folder holding every indexed local file (None when no image has a local path)."""
+        paths = self.meta["path"].dropna().astype(str).str.split("#", n=1).str[0]
+        urls = self.meta.loc[self.meta["path"].isna(), "url"].dropna().astype(str)
+        urls = urls[urls.str.lower().str.startswith("file:")].map(lambda u: local_path({"url": u}))
+        dirs = {os.path.dirname(p) for p in pd.concat([paths, urls]).unique() if p}
+        dirs.discard("")
+        if not dirs:
+            return None
+        try:
+            return os.path.commonpath(sorted(dirs))
+        except ValueError:  # relative and absolute paths mixed, or other drives
+            return None
 
     @property
     def count(self) -> int:
@@ -209,6 +266,22 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _manifest_bytes(d: Path) -> bytes | None:
+    try:
+        return (d / MANIFEST).read_bytes()
+    except OSError:
+        return None
+
+
+def local_path(record: dict[str, Any]) -> str | None:
+    """A record's local file (``path``, or a ``file://`` URL's path), without a ``#member`` suffix."""
+    path = record.get("path")
+    url = record.get("url")
+    if not path and isinstance(url, str) and url.lower().startswith("file:"):
+        path = url2pathname(urlparse(url).path)
+    return path.split("#", 1)[0] if isinstance(path, str) and path else None
+
+
 def _map_file(path: Path) -> mmap.mmap | None:
     if not path.is_file() or path.stat().st_size == 0:
         return None
@@ -264,6 +337,98 @@ class Searcher:
         return [self.index.hit(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
 
 
+class LiveSearcher:
+    """Follows an index directory while serving: :meth:`current` is a Searcher over its newest complete version.
+
+    A request takes one Searcher with :meth:`current` and uses it to the end, so the vectors,
+    metadata and thumbnails it sees are of one version: a query during ``openalign index add``
+    answers from the old or the new index, never a mix. :meth:`current` notices a new version
+    by a changed ``manifest.json`` (a swap writes a new file) and loads it in a background thread,
+    serving the previous version until the new one is ready (both are in memory for that long).
+    A version that fails to load, or was built with another model, is logged and skipped; the
+    previous one keeps serving.
+    """
+
+    def __init__(self, searcher: Searcher, follow: bool = True) -> None:
+        self._searcher = searcher
+        self.follow = follow
+        self._stamp = _stamp(searcher.index.source)
+        self._lock = threading.Lock()  # guards _loader
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self._loader: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, encoder: Encoder | None = None, params: IndexParams | None = None) -> "LiveSearcher":
+        return cls(Searcher.open(path, encoder, params))
+
+    def current(self) -> Searcher:
+        """The newest loaded version (starts loading a newer one in the background if the folder changed)."""
+        if self.follow and _stamp(self._searcher.index.source) not in (None, self._stamp):
+            with self._lock:
+                if self._loader is None or not self._loader.is_alive():
+                    self._loader = threading.Thread(target=self.reload, name="openalign-index-reload", daemon=True)
+                    self._loader.start()
+        return self._searcher
+
+    def reload(self) -> bool:
+        """Load the index folder's current version now if it changed; True if a new version was loaded."""
+        with self._reload_lock:
+            old = self._searcher
+            stamp = _stamp(old.index.source)
+            if stamp is None or stamp == self._stamp:
+                return False
+            try:
+                index = SearchIndex(old.index.source, old.index.params_override)
+                was, now = ((i.manifest.get("model") or {}).get("fingerprint") for i in (old.index, index))
+                if was and now and was != now:
+                    raise UserError("it was rebuilt with another model; restart the server to serve it")
+                new = Searcher(index, old.encoder) if index.version != old.index.version else None
+            except Exception as exc:  # keep serving the loaded version
+                log.warning("index %s changed but could not be loaded (%s); still serving version %s",
+                            old.index.source, exc, old.index.version)
+                new = None
+            self._stamp = stamp  # a later swap changes the stamp again and is picked up then
+            if new is None:
+                return False
+            self._searcher = new  # one reference assignment: requests see the old or the new Searcher
+            log.info("index %s: now serving version %s (%d images)", index.source, index.version, index.count)
+            return True
+
+
+def _stamp(index_dir: Path) -> tuple[int, int, int] | None:
+    """Identity of the folder's manifest file: a swap or rewrite changes it; None while it is missing."""
+    try:
+        st = os.stat(index_dir / MANIFEST)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def decode_side(encoder: Encoder) -> int:
+    """Shorter side to decode query images at: twice the encoder's input size (its transform's resize)."""
+    t = getattr(encoder, "transform", None)
+    size = max(int(getattr(t, "resize", 0) or 0), int(getattr(t, "size", 0) or 0))
+    return 2 * size if size > 0 else DECODE_SIDE
+
+
+def decode_reduced(img: Image.Image, side: int) -> Image.Image:
+    """Decode ``img`` (opened, not yet loaded) as RGB with its shorter side reduced to about ``side``.
+
+    A JPEG is decoded at 1/2, 1/4 or 1/8 scale by the decoder itself (``draft``), so a huge JPEG
+    never exists in memory at full size; other formats are decoded, then shrunk (``thumbnail``).
+    Images already small enough are left as they are.
+    """
+    if img.format in ("JPEG", "MPO"):
+        img.draft("RGB", (side, side))  # the largest of 1/1..1/8 keeping both sides >= side
+    img.load()
+    img = img.convert("RGB")
+    w, h = img.size
+    if min(w, h) > side:
+        scale = side / min(w, h)
+        img.thumbnail((max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))), Image.BICUBIC)
+    return img
+
+
 def _load_encoder(index: SearchIndex) -> Encoder:
     model_dir = (index.manifest.get("model") or {}).get("dir")
     if not model_dir:
@@ -276,4 +441,5 @@ def _load_encoder(index: SearchIndex) -> Encoder:
     return load_bundle(model_dir)
 
 
-__all__ = ["Encoder", "Hit", "Query", "SearchIndex", "Searcher", "Term", "UnknownId", "compose", "normalise"]
+__all__ = ["Encoder", "Hit", "LiveSearcher", "Query", "SearchIndex", "Searcher", "Term", "UnknownId", "compose",
+           "decode_reduced", "decode_side", "local_path", "normalise"]
