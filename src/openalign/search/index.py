@@ -73,7 +73,7 @@ class IndexParams:
     train_size: int = field(default=50_000, metadata={  # grown to TRAIN_PER_LIST * nlist when that is more
         "help": "vectors sampled to train IVF-PQ (at least 64 per IVF list, at most 1M)"})
     rerank: int = field(default=10, metadata={  # approximate search fetches k * rerank candidates
-        "help": "approximate: re-score k*rerank candidates exactly (1 = off)"})
+        "help": "approximate: re-score k*rerank candidates exactly (1 = off; with --target-recall, the least depth tried)"})
     seed: int = 0
     target_recall: float = field(default=0.95, metadata={  # 0 keeps the knobs above as given
         "help": "tune nprobe/efSearch/rerank on held-out vectors for this recall@10 vs exact (0 = off)"})
@@ -185,10 +185,11 @@ def build_vector_index(vectors: np.ndarray, p: IndexParams) -> tuple[Any, IndexP
     """
     if not 0 <= p.target_recall <= 1:
         raise UserError(f"--target-recall: {p.target_recall} is not between 0 and 1 (0 = no tuning)")
-    index = make_vector_index(vectors, p)
-    if p.index_type not in ("hnsw", "ivfpq") or p.target_recall <= 0 or len(vectors) < 8:
-        return index, p, None
-    t = tune(index, vectors, p.index_type, p.target_recall, queries=p.tune_queries, seed=p.seed)
+    if p.index_type not in ("hnsw", "ivfpq") or p.target_recall <= 0 or len(vectors) < 80:
+        return make_vector_index(vectors, p), p, None
+    index = INDEX_TYPES.get(p.index_type)(vectors.shape[1], vectors, p)  # trained on all, filled by tune()
+    t = tune(index, vectors, p.index_type, p.target_recall, queries=p.tune_queries, seed=p.seed,
+             min_rerank=max(1, p.rerank))
     c = t.chosen
     p = replace(p, ivf_nprobe=c.nprobe or p.ivf_nprobe, hnsw_ef_search=c.ef_search or p.hnsw_ef_search,
                 rerank=c.rerank if p.index_type == "ivfpq" else p.rerank)
