@@ -57,6 +57,18 @@ def test_target_recall_holds_on_fresh_queries_and_manifest_records_it(tmp_path: 
     recall = knn_recall(approx, exact)
     print(f"{kind}: tuned {chosen}; recall@10 held-out {t['recall']:.3f}, fresh queries {recall:.3f}")
     assert recall >= 0.95
+    # the server tells what was measured (the page shows it)
+    from fastapi.testclient import TestClient
+
+    from openalign.search.query import Searcher
+    from openalign.search.server import create_app
+
+    class NoText:  # /api/info needs no encoder; the server insists on one for text queries
+        dim = DIM
+
+    info = TestClient(create_app(Searcher.open(tmp_path / kind, NoText()))).get("/api/info").json()
+    assert info["recall_at_10"] == pytest.approx(t["recall"]) and info["target_recall"] == 0.95
+    assert info["search_params"]["rerank"] == params["rerank"]
 
 
 def test_out_of_reach_target_is_a_clear_error(tmp_path: Path):

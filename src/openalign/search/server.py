@@ -116,6 +116,12 @@ class InfoOut(BaseModel):
     max_upload_bytes: int
     index_dir: str | None = Field(description="null with --hide-paths")
     model_dir: str | None = Field(description="null with --hide-paths, or when the index records none")
+    search_params: dict[str, int | None] = Field(default_factory=dict,
+                                                 description="query-time knobs: nprobe, ef_search, rerank")
+    recall_at_10: float | None = Field(None, description="recall@10 against exact search measured on held-out "
+                                                         "vectors of the collection at build time (null: exact "
+                                                         "index, or not tuned)")
+    target_recall: float | None = None
 
 
 class ErrorOut(BaseModel):
@@ -181,10 +187,14 @@ def create_app(searcher: Searcher | LiveSearcher, max_upload_bytes: int = MAX_UP
         name, model_dir = model.get("name"), model.get("dir")
         if hide_paths and name and (os.sep in name or "/" in name):
             name = Path(name).name
+        params, tuning = m.get("index_params") or {}, m.get("tuning") or {}
         return InfoOut(count=m["count"], dim=m["dim"], index_type=m["index_type"], version=s.index.version,
                        model=name, captions_indexed=m["captions_indexed"], max_k=MAX_K, max_terms=MAX_TERMS,
                        max_upload_bytes=max_upload_bytes, index_dir=None if hide_paths else str(s.index.dir.resolve()),
-                       model_dir=None if hide_paths else model_dir)
+                       model_dir=None if hide_paths else model_dir,
+                       search_params={"nprobe": params.get("ivf_nprobe"), "ef_search": params.get("hnsw_ef_search"),
+                                      "rerank": params.get("rerank")},
+                       recall_at_10=tuning.get("recall"), target_recall=tuning.get("target_recall"))
 
     return app
 

@@ -108,5 +108,6 @@ $("image").onchange = () => {
   search();
 };
 fetch("/api/info").then((r) => r.json()).then((i) => {
-  $("info").textContent = `${i.count} images · ${i.index_type} index · model ${i.model}`;
+  const recall = i.recall_at_10 == null ? "" : ` · recall@10 ${i.recall_at_10.toFixed(3)} (measured at build)`;
+  $("info").textContent = `${i.count} images · ${i.index_type} index${recall} · model ${i.model}`;
 }).catch(() => {});
