@@ -81,3 +81,26 @@ def test_parquet_source_and_user_errors(tiny_model: Path, tmp_path: Path):
         run(["index", "build", "--model", str(tiny_model), "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     with pytest.raises(UserError, match="--index"):
         run(["search", "--index", str(tmp_path / "missing"), "--text", "x"])
+
+
+def test_serve_loads_the_manifest_model_with_the_fast_text_path(tiny_model: Path, tmp_path: Path, monkeypatch):
+    """`openalign serve` without --model loads the index's model itself, with the query text tower in
+    the precision asked (default auto), before uvicorn starts."""
+    import openalign.search.server as server
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, (c, s) in enumerate([("red", "circle"), ("blue", "square")]):
+        draw(c, s).save(folder / f"{i}.png")
+    assert run(["index", "build", "--model", str(tiny_model), "--images", str(folder), "--out", str(tmp_path / "ix"),
+                "--workers", "0"]) == 0
+    seen: dict = {}
+    real_load = server.load_bundle
+    monkeypatch.setattr(server, "load_bundle", lambda d, **kw: seen.update(dir=d, **kw) or real_load(d, **kw))
+    monkeypatch.setattr(server.uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert run(["serve", "--index", str(tmp_path / "ix"), "--port", "8123"]) == 0
+    assert Path(seen["dir"]).resolve() == tiny_model.resolve()
+    assert seen["text_precision"] == "auto" and seen["compile_text"] is False
+    assert seen["port"] == 8123 and seen["host"] == "127.0.0.1"
+    run(["serve", "--index", str(tmp_path / "ix"), "--text-precision", "fp32"])
+    assert seen["text_precision"] == "fp32"

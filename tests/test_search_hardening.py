@@ -501,6 +501,7 @@ def test_serve_flags_reach_the_app(monkeypatch):
     from openalign.search import server
 
     seen: dict = {}
+    monkeypatch.setattr(server, "manifest_model_dir", lambda index_dir: None)  # no index on disk here
     monkeypatch.setattr(server.LiveSearcher, "open", classmethod(lambda cls, path, encoder=None: ("live", path)))
     monkeypatch.setattr(server, "create_app", lambda live, **kw: seen.update(live=live, **kw) or "app")
     monkeypatch.setattr(server.uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))

@@ -187,8 +187,12 @@ def compute_identity(bundle: Any) -> dict[str, str]:
     model = getattr(bundle, "model", None)
     param = next(model.parameters(), None) if hasattr(model, "parameters") else None
     dtype = str(param.dtype) if param is not None else "unknown"
-    return {"device": str(getattr(bundle, "device", "cpu")),
-            "dtype": "autocast-bf16" if getattr(bundle, "autocast_bf16", False) else dtype}
+    ident = {"device": str(getattr(bundle, "device", "cpu")),
+             "dtype": "autocast-bf16" if getattr(bundle, "autocast_bf16", False) else dtype}
+    image_precision = getattr(bundle, "image_precision", "fp32")
+    if image_precision != "fp32":  # fp32 keys stay as they were: existing caches remain valid
+        ident["image_precision"] = str(image_precision)
+    return ident
 
 
 def _stat(p: str) -> str:

@@ -429,7 +429,7 @@ def decode_reduced(img: Image.Image, side: int) -> Image.Image:
     return img
 
 
-def _load_encoder(index: SearchIndex) -> Encoder:
+def _load_encoder(index: SearchIndex, **options: Any) -> Encoder:
     model_dir = (index.manifest.get("model") or {}).get("dir")
     if not model_dir:
         raise UserError(f"{index.dir / 'manifest.json'}: model.dir is not set (index built from raw vectors); "
@@ -437,8 +437,12 @@ def _load_encoder(index: SearchIndex) -> Encoder:
     if not Path(model_dir).is_dir():
         raise UserError(f"{index.dir / 'manifest.json'}: model.dir {model_dir} does not exist; "
                         "pass --model DIR with the model the index was built with")
+    return load_bundle(model_dir, **options)
 
-    return load_bundle(model_dir)
+
+def manifest_model_dir(index_dir: str | Path) -> str | None:
+    """The model directory an index records (None when built from raw vectors)."""
+    return (read_manifest(index_dir).get("model") or {}).get("dir")
 
 
 __all__ = ["Encoder", "Hit", "LiveSearcher", "Query", "SearchIndex", "Searcher", "Term", "UnknownId", "compose",
