@@ -68,6 +68,8 @@ from openalign.train.config import TrainConfig
 from openalign.train.distributed import DistInfo, barrier, init_distributed
 from openalign.train.loop import Trainer, build_model
 
+from train_throughput import make_batch  # bench/ is on sys.path when a bench runs as a script
+
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s per device.
 # Matched as substrings of torch.cuda.get_device_name(), first match wins (so "H100 PCIe" before
 # "H100", "A100" before "A10", "L40S" before "L4").
@@ -150,18 +152,6 @@ def model_flops_per_sample(cfg: TrainConfig, vocab: int, seq_len: int, device: s
 # ---------------------------------------------------------------------------------------------
 # data and timing
 # ---------------------------------------------------------------------------------------------
-def make_batch(image_size: int, batch: int, vocab: int, seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """uint8 pixels (B, 3, S, S), token ids padded to the longest caption (B, L), attention mask."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(max(2, seq_len // 3), seq_len + 1, (batch,), generator=g)
-    lengths[0] = seq_len  # padded to the longest, as our tokenizer pads
-    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
-    ids = torch.randint(5, vocab, (batch, seq_len), generator=g) * mask
-    ids[:, 0] = 2  # [CLS]
-    return {"pixel_values": torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8, generator=g),
-            "input_ids": ids, "attention_mask": mask}
-
-
 def sync(info: DistInfo) -> None:
     if info.device.startswith("cuda"):
         torch.cuda.synchronize(info.device)
