@@ -1,4 +1,4 @@
-"""Image/alt-text candidates from HTML files, WARC files and URL+text tables, written as Parquet.
+"""Image/alt-text candidates from HTML files, WARC/WAT files and URL+text tables, written as Parquet.
 
 Every ``<img>`` with a non-empty ``alt`` gives one candidate: ``src`` resolved against the page's
 ``<base href>`` (itself resolved against the page URL), kept only when http(s). Alt-texts are
@@ -8,11 +8,18 @@ Page URL: a WARC record's ``WARC-Target-URI``; for an HTML file, ``page_url_pref
 relative to the input folder when given, else its ``<link rel=canonical>``, else its ``file://`` URI
 (relative ``src`` then resolve to ``file://`` and are skipped as non-http).
 
+Common Crawl WAT files (``.wat``/``.wat.gz``, or any archive's ``metadata`` records with a JSON
+payload) give the same rows as the page's HTML would: each ``IMG@/src`` link of
+``Envelope.Payload-Metadata.HTTP-Response-Metadata.HTML-Metadata.Links`` goes through the same
+per-image rules as an ``<img>``, resolved against ``Head.Base`` and the ``WARC-Target-URI``.
+
 Tables (Parquet, CSV, JSONL) need a URL column and a text column (``text``, ``alt`` or ``caption``);
 cc2dataset's ``url, alt, page_url`` output is read as is.
 
 Skipped and counted, never a crash: broken HTML, bytes that do not decode, pages over
-``max_page_bytes``, images without alt/src, non-http srcs, unreadable files and table rows.
+``max_page_bytes``, images without alt/src, non-http srcs, WAT records that are not JSON, unreadable
+files and table rows. A truncated or damaged WAT/WARC ends that file; it is counted and named in
+``broken_files``, and the rows read before the damage are kept.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ log = logging.getLogger(__name__)
 
 HTML_EXTS = (".html", ".htm", ".xhtml")
 WARC_EXTS = (".warc", ".warc.gz", ".arc", ".arc.gz")
+WAT_EXTS = (".wat", ".wat.gz")  # Common Crawl: NAME.warc.wat.gz
 TABLE_EXTS = (".parquet", ".csv", ".jsonl", ".json", ".jsonl.gz", ".csv.gz")
 COLUMNS = ("url", "text", "page_url")
 _CHARSET_RE = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-:.]+)""", re.I)
@@ -62,14 +70,16 @@ class ExtractStats:
     pages: int = 0
     candidates: int = 0
     skipped: Counter = field(default_factory=Counter)
+    broken_files: list[str] = field(default_factory=list)  # archives that ended early (truncated, damaged)
 
     def to_dict(self) -> dict:
-        return {"files": self.files, "pages": self.pages, "candidates": self.candidates, "skipped": dict(self.skipped)}
+        return {"files": self.files, "pages": self.pages, "candidates": self.candidates, "skipped": dict(self.skipped),
+                "broken_files": list(self.broken_files)}
 
 
 def input_kind(path: Path) -> str | None:
     name = path.name.lower()
-    for kind, exts in (("warc", WARC_EXTS), ("html", HTML_EXTS), ("table", TABLE_EXTS)):
+    for kind, exts in (("wat", WAT_EXTS), ("warc", WARC_EXTS), ("html", HTML_EXTS), ("table", TABLE_EXTS)):
         if name.endswith(exts):
             return kind
     return None
@@ -84,12 +94,12 @@ def list_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
             found.extend((f, p) for f in sorted(p.rglob("*")) if f.is_file() and input_kind(f))
         elif p.is_file():
             if input_kind(p) is None:
-                raise UserError(f"{p}: unknown input type; use .html/.htm, .warc(.gz), .parquet, .csv or .jsonl")
+                raise UserError(f"{p}: unknown input type; use .html/.htm, .warc(.gz), .wat(.gz), .parquet, .csv or .jsonl")
             found.append((p, p.parent))
         else:
             raise UserError(f"{p}: no such file or folder; pass HTML/WARC files, tables or folders of them")
     if not found:
-        raise UserError(f"{', '.join(map(str, inputs))}: no HTML, WARC or table files found")
+        raise UserError(f"{', '.join(map(str, inputs))}: no HTML, WARC, WAT or table files found")
     return found
 
 
@@ -123,27 +133,43 @@ def images_from_html(html: str, page_url: str, stats: ExtractStats, max_alt_char
     try:
         tree = LexborHTMLParser(html)
         base_node = tree.css_first("base[href]")
-        base = urljoin(page_url, (base_node.attributes.get("href") or "").strip()) if base_node else page_url
+        base = page_base(page_url, base_node.attributes.get("href") if base_node else None)
         imgs = tree.css("img")
     except Exception:
         stats.skipped["broken_html"] += 1
         return
     for img in imgs:
-        attrs = img.attributes
-        alt = " ".join((attrs.get("alt") or "").split())
-        src = (attrs.get("src") or "").strip()
-        if not alt:
-            stats.skipped["img_without_alt"] += 1
-        elif not src:
-            stats.skipped["img_without_src"] += 1
-        elif len(alt) > max_alt_chars:
-            stats.skipped["alt_too_long"] += 1
-        else:
-            url = _resolve(base, src)
-            if url is None:
-                stats.skipped["non_http_src"] += 1
-            else:
-                yield url, alt
+        cand = image_candidate(base, img.attributes.get("src"), img.attributes.get("alt"), stats, max_alt_chars)
+        if cand is not None:
+            yield cand
+
+
+def page_base(page_url: str, base_href: str | None) -> str:
+    """The URL relative srcs resolve against: ``<base href>`` (itself relative to the page), else the page."""
+    href = (base_href or "").strip()
+    return urljoin(page_url, href) if href else page_url
+
+
+def image_candidate(base: str, src: str | None, alt: str | None, stats: ExtractStats,
+                    max_alt_chars: int) -> tuple[str, str] | None:
+    """One image's (absolute http(s) url, normalised alt), or None with the reason counted.
+
+    The one place the per-image rules live: HTML ``<img>`` and WAT ``IMG@/src`` links both come here.
+    """
+    alt = " ".join((alt or "").split())
+    src = (src or "").strip()
+    if not alt:
+        stats.skipped["img_without_alt"] += 1
+    elif not src:
+        stats.skipped["img_without_src"] += 1
+    elif len(alt) > max_alt_chars:
+        stats.skipped["alt_too_long"] += 1
+    else:
+        url = _resolve(base, src)
+        if url is not None:
+            return url, alt
+        stats.skipped["non_http_src"] += 1
+    return None
 
 
 def _resolve(base: str, src: str) -> str | None:
@@ -186,24 +212,100 @@ def rows_from_html_file(path: Path, root: Path, cfg: ExtractConfig, stats: Extra
 
 
 def rows_from_warc(path: Path, cfg: ExtractConfig, stats: ExtractStats) -> Iterator[tuple[str, str, str]]:
-    """HTML responses of a WARC (or ARC) file; a truncated archive ends the file, counted."""
+    """HTML responses and WAT metadata records of a WARC, ARC or WAT file.
+
+    A truncated or damaged archive ends the file: counted (``broken_wat``/``broken_warc``) and named
+    in ``stats.broken_files``; rows from the records before the damage are kept.
+    """
     from warcio.archiveiterator import ArchiveIterator  # lazy: the optional [web] extra
 
+    kind = "wat" if input_kind(path) == "wat" else "warc"
     with open(path, "rb") as fh:
         try:
-            for record in ArchiveIterator(fh, arc2warc=True):
-                if record.rec_type != "response" or record.http_headers is None:
-                    continue
-                ctype = record.http_headers.get_header("Content-Type") or ""
-                if "html" not in ctype.lower():
-                    continue
-                page_url = record.rec_headers.get_header("WARC-Target-URI") or ""
-                body = record.content_stream().read(cfg.max_page_bytes + 1)
-                m = re.search(r"charset=([A-Za-z0-9_\-:.]+)", ctype, re.I)
-                yield from _page_rows(body, page_url, m.group(1) if m else None, cfg, stats)
+            records = ArchiveIterator(fh, arc2warc=True)
+            end = 0
+            for record in records:
+                if record.rec_type == "response" and record.http_headers is not None:
+                    yield from _response_rows(record, cfg, stats)
+                elif record.rec_type == "metadata" and (kind == "wat" or "json" in _ctype(record)):
+                    kind = "wat"
+                    yield from _wat_rows(record, cfg, stats)
+                if kind == "wat":
+                    records.read_to_end(record)
+                    end = records.get_record_offset() + records.get_record_length()
+            if kind == "wat":  # a gzip cut between members ends silently in warcio: leftover bytes tell
+                fh.seek(end)
+                if fh.read(4096).strip():
+                    raise _Truncated(f"{path.stat().st_size - end} bytes after the last whole record")
         except Exception as exc:  # truncated gzip, bad record headers
             log.warning("%s: archive unreadable after %d pages (%s)", path, stats.pages, exc)
-            stats.skipped["broken_warc"] += 1
+            stats.skipped[f"broken_{kind}"] += 1
+            stats.broken_files.append(str(path))
+
+
+class _Truncated(Exception):
+    """A WAT record or file that ends before its declared length."""
+
+
+def _ctype(record) -> str:
+    return (record.rec_headers.get_header("Content-Type") or "").lower()
+
+
+def _response_rows(record, cfg: ExtractConfig, stats: ExtractStats) -> Iterator[tuple[str, str, str]]:
+    ctype = record.http_headers.get_header("Content-Type") or ""
+    if "html" not in ctype.lower():
+        return
+    page_url = record.rec_headers.get_header("WARC-Target-URI") or ""
+    body = record.content_stream().read(cfg.max_page_bytes + 1)
+    m = re.search(r"charset=([A-Za-z0-9_\-:.]+)", ctype, re.I)
+    yield from _page_rows(body, page_url, m.group(1) if m else None, cfg, stats)
+
+
+def _wat_rows(record, cfg: ExtractConfig, stats: ExtractStats) -> Iterator[tuple[str, str, str]]:
+    """One WAT metadata record (cc2dataset's input) -> rows, by the same per-image rules as HTML."""
+    body = record.content_stream().read(cfg.max_page_bytes + 1)
+    declared = record.rec_headers.get_header("Content-Length")
+    if declared and declared.isdigit() and len(body) < min(int(declared), cfg.max_page_bytes + 1):
+        raise _Truncated(f"record of {declared} bytes ends after {len(body)}")
+    if len(body) > cfg.max_page_bytes:
+        stats.skipped["huge_page"] += 1
+        return
+    try:
+        meta = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("Envelope"), dict):
+        stats.skipped["bad_wat_record"] += 1
+        return
+    env = meta["Envelope"]
+    html = _dig(env, "Payload-Metadata", "HTTP-Response-Metadata", "HTML-Metadata")
+    if not isinstance(html, dict):
+        return  # request, warcinfo, non-HTML response: nothing to take, as for WARC
+    page_url = str(_dig(env, "WARC-Header-Metadata", "WARC-Target-URI")
+                   or record.rec_headers.get_header("WARC-Target-URI") or "")
+    links = html.get("Links") or []
+    base_href = _dig(html, "Head", "Base")
+    try:
+        base = page_base(page_url, base_href if isinstance(base_href, str) else None)
+    except ValueError:
+        stats.skipped["bad_wat_record"] += 1
+        return
+    stats.pages += 1
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("path") == "IMG@/src":
+            cand = image_candidate(base, _str(link.get("url")), _str(link.get("alt")), stats, cfg.max_alt_chars)
+            if cand is not None:
+                yield (*cand, page_url)
+
+
+def _dig(obj: object, *keys: str) -> object:
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 # ---------------------------------------------------------------- tables
@@ -285,7 +387,7 @@ def _rows_from_file(path: Path, root: Path, cfg: ExtractConfig, stats: ExtractSt
     kind = input_kind(path)
     if kind == "html":
         return rows_from_html_file(path, root, cfg, stats)
-    if kind == "warc":
+    if kind in ("warc", "wat"):
         return rows_from_warc(path, cfg, stats)
     return rows_from_table(path, cfg, stats)
 
