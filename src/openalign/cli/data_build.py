@@ -1,4 +1,4 @@
-"""``openalign data extract|filter|download|dedup|build``: the dataset builder (thin wrappers).
+"""``openalign data extract|filter|download|image-rules|safety|dedup|build``: the dataset builder (thin wrappers).
 
 Each stage's flags come from its config dataclass; ``build`` takes them all (``BuildConfig``).
 """
@@ -51,11 +51,33 @@ def _dedup_flags(p: argparse.ArgumentParser) -> None:
     add_config_flags(p, DedupConfig, title="near-duplicates of evaluation images")
 
 
+def _image_rules_flags(p: argparse.ArgumentParser) -> None:
+    from openalign.cli._config_args import add_config_flags
+    from openalign.corpus.image_rules import ImageRulesConfig
+
+    p.add_argument("shards", help="downloaded shard folder or pattern (shards/{00000..00009}.tar)")
+    p.add_argument("--out", required=True, help="folder for the rewritten shards and image_rules_stats.json")
+    add_config_flags(p, ImageRulesConfig, title="image rules, by URL and by content hash (the paper's defaults)")
+
+
+def _safety_flags(p: argparse.ArgumentParser) -> None:
+    from openalign.cli._config_args import add_config_flags
+    from openalign.corpus.safety import SafetyConfig
+
+    p.add_argument("shards", help="shard folder or pattern (shards/{00000..00009}.tar)")
+    p.add_argument("--out", required=True, help="folder for the safe shards and safety_stats.json")
+    add_config_flags(p, SafetyConfig, title="unsafe-image classifier",
+                     meta={"model_dir": {"flag": ("--model", "--model-dir")},
+                           "unsafe_prompts": {"flag": "--unsafe-prompt"}, "safe_prompts": {"flag": "--safe-prompt"}})
+
+
 def _build_flags(p: argparse.ArgumentParser) -> None:
     from openalign.cli._config_args import add_config_flags
     from openalign.corpus.build import BuildConfig
 
-    add_config_flags(p, BuildConfig)  # its stage configs are nested: each gets a help section
+    add_config_flags(p, BuildConfig,  # its stage configs are nested: each gets a help section
+                     meta={"safety.unsafe_prompts": {"flag": "--safety-unsafe-prompt"},
+                           "safety.safe_prompts": {"flag": "--safety-safe-prompt"}})
 
 
 def cmd_extract(a: argparse.Namespace) -> int:
@@ -96,7 +118,11 @@ def cmd_filter(a: argparse.Namespace) -> int:
 
 def cmd_download(a: argparse.Namespace) -> int:
     from openalign.cli._config_args import config_from_args
-    from openalign.corpus.download import DownloadConfig, download, format_download_stats
+    from openalign.corpus.download import (
+        DownloadConfig,
+        download,
+        format_download_stats,
+    )
 
     print(format_download_stats(download(a.pairs, a.out, config_from_args(DownloadConfig, a))))
     return 0
@@ -110,6 +136,34 @@ def cmd_dedup(a: argparse.Namespace) -> int:
     print(f"{len(report.removed):,} near-duplicates of {report.eval_images:,} evaluation images removed; "
           f"{report.samples_out:,} of {report.samples_in:,} samples kept; skipped {dict(report.skipped)}; "
           f"report: {a.out}/dedup_report.json")
+    return 0
+
+
+def cmd_image_rules(a: argparse.Namespace) -> int:
+    from openalign.cli._config_args import config_from_args
+    from openalign.corpus.image_rules import (
+        ImageRulesConfig,
+        format_image_rules_stats,
+        image_rules_shards,
+    )
+
+    stats = image_rules_shards(a.shards, a.out, config_from_args(ImageRulesConfig, a))
+    print(format_image_rules_stats(stats))
+    return 0
+
+
+def cmd_safety(a: argparse.Namespace) -> int:
+    from openalign.cli._config_args import config_from_args
+    from openalign.corpus.safety import SafetyConfig, safety_shards
+
+    cfg = config_from_args(SafetyConfig, a)
+    if not cfg.model_dir:
+        print("safety: skipped: no classifier given (--model); unsafe images were NOT removed")
+        return 0
+    stats = safety_shards(a.shards, a.out, cfg)
+    print(f"{stats.unsafe:,} unsafe images removed ({stats.classifier} classifier, threshold {cfg.threshold}); "
+          f"{stats.samples_out:,} of {stats.samples_in:,} samples kept; skipped {dict(stats.skipped)}; "
+          f"stats: {a.out}/safety_stats.json")
     return 0
 
 
@@ -128,8 +182,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("extract", "image/alt-text candidates from HTML, WARC or tables -> Parquet", _extract_flags, cmd_extract),
         ("filter", "the paper's text filters (DuckDB or Spark) -> pairs Parquet", _filter_flags, cmd_filter),
         ("download", "fetch pairs with img2dataset into WebDataset shards", _download_flags, cmd_download),
+        ("image-rules", "the image rules again after download, images by URL and by content hash",
+         _image_rules_flags, cmd_image_rules),
+        ("safety", "remove images an unsafe-image classifier flags", _safety_flags, cmd_safety),
         ("dedup", "remove near-duplicates of evaluation images from shards", _dedup_flags, cmd_dedup),
-        ("build", "extract -> filter -> download -> dedup -> tokenizer, resumable", _build_flags, cmd_build),
+        ("build", "extract -> filter -> download -> image-rules -> safety -> dedup -> tokenizer, resumable", _build_flags, cmd_build),
     ]:
         p = subparsers.add_parser(name, help=help_)
         defer(p, add)

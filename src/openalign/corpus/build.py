@@ -1,10 +1,12 @@
-"""``openalign data build``: extract -> filter -> download -> dedup -> tokenizer, resumable by stage.
+"""``openalign data build``: extract -> filter -> download -> image_rules -> safety -> dedup -> tokenizer.
 
-Layout of ``out_dir``::
+Resumable by stage. Layout of ``out_dir``::
 
     candidates.parquet  extract_stats.json     (extract)
     pairs.parquet       filter_stats.json      (filter)
     raw_shards/         download_stats.json    (download)
+    rules_shards/       image_rules_stats.json (image_rules: the image rules by URL and by content)
+    safe_shards/        safety_stats.json      (safety; skipped without a classifier)
     shards/             dedup_report.json      (dedup; skipped without evaluation images)
     tokenizer/                                  (WordPiece on the alt-texts of the final shards)
     build_manifest.json                         (stage -> params, outputs, summary, finished)
@@ -18,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -28,12 +31,14 @@ from openalign.corpus.dedup import DedupConfig, dedup_shards
 from openalign.corpus.download import DownloadConfig, download
 from openalign.corpus.extract import ExtractConfig, extract, list_inputs
 from openalign.corpus.filter import N_STEPS, TextFilterConfig, filter_pairs
+from openalign.corpus.image_rules import ImageRulesConfig, image_rules_shards
+from openalign.corpus.safety import SafetyConfig, safety_shards
 from openalign.errors import UserError
 from openalign.io import atomic_write_text
 from openalign.media.texts import iter_shard_texts
 from openalign.models.tokenizer import train_wordpiece
 
-STAGES = ("extract", "filter", "download", "dedup", "tokenizer")
+STAGES = ("extract", "filter", "download", "image_rules", "safety", "dedup", "tokenizer")
 MANIFEST = "build_manifest.json"
 
 
@@ -52,6 +57,14 @@ class BuildConfig:
     filter: TextFilterConfig = field(default_factory=TextFilterConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig, metadata={
+        "prefix": "safety-", "title": "unsafe images (skipped without --safety-model-dir)"})
+
+
+def image_rules_config(cfg: BuildConfig) -> ImageRulesConfig:
+    """The image rules after download use the filter's thresholds: one rule, two notions of "image"."""
+    return ImageRulesConfig(max_images_per_text=cfg.filter.max_images_per_text,
+                            max_texts_per_image=cfg.filter.max_texts_per_image)
 
 
 def stage_params(cfg: BuildConfig, stage: str) -> dict[str, Any]:
@@ -60,6 +73,9 @@ def stage_params(cfg: BuildConfig, stage: str) -> dict[str, Any]:
         "extract": {"inputs": inputs, **asdict(cfg.extract)},
         "filter": {"engine": cfg.engine, **asdict(cfg.filter)},
         "download": asdict(cfg.download),
+        "image_rules": asdict(image_rules_config(cfg)),
+        "safety": {**asdict(cfg.safety), "model_dir": cfg.safety.model_dir and str(Path(cfg.safety.model_dir).resolve()),
+                   "head": cfg.safety.head and str(Path(cfg.safety.head).resolve())},
         "dedup": {"eval_images": cfg.eval_images, "eval_image_root": cfg.eval_image_root, **asdict(cfg.dedup)},
         "tokenizer": {"vocab_size": cfg.vocab_size},
     }[stage]
@@ -118,10 +134,53 @@ def run_download(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str]
     return ["raw_shards"], {"written": stats.written, "failures": dict(stats.failures)}
 
 
+def shard_dir_after(out: Path, cfg: BuildConfig, stage: str) -> Path:
+    """The shard folder a stage leaves behind (a skipped stage passes its input on)."""
+    if stage == "download":
+        return out / "raw_shards"
+    if stage == "image_rules":
+        return out / "rules_shards"
+    if stage == "safety":
+        return out / "safe_shards" if cfg.safety.model_dir else shard_dir_after(out, cfg, "image_rules")
+    if stage == "dedup":
+        return out / "shards" if cfg.eval_images is not None else shard_dir_after(out, cfg, "safety")
+    raise ValueError(f"stage {stage!r} writes no shards")
+
+
+def _shards_in(folder: Path) -> list[str]:
+    return [str(s) for s in sorted(folder.glob("*.tar"))]
+
+
+def run_image_rules(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
+    shards = _shards_in(shard_dir_after(out, cfg, "download"))
+    if not shards:
+        raise UserError(f"{out / 'raw_shards'}: no shards; check download_stats.json for why every image failed")
+    with _bar("rules", len(shards), progress) as bar:
+        stats = image_rules_shards(shards, out / "rules_shards", image_rules_config(cfg), on_shard=lambda u: bar.update())
+    return ["rules_shards", "rules_shards/image_rules_stats.json"], {
+        "kept": stats.samples_out, "removed": stats.removed, "removed_by": stats.removed_by,
+        "content_only": stats.content_only, "skipped": dict(stats.skipped)}
+
+
+def run_safety(cfg: BuildConfig, out: Path, progress: bool, log: Callable[[str], None] = print,
+               ) -> tuple[list[str], dict[str, Any]]:
+    if not cfg.safety.model_dir:
+        msg = "no classifier given (--safety-model-dir); unsafe images were NOT removed"
+        log(f"safety: skipped: {msg}")
+        return [], {"skipped": msg}
+    shards = _shards_in(shard_dir_after(out, cfg, "image_rules"))
+    with _bar("safety", len(shards), progress) as bar:
+        stats = safety_shards(shards, out / "safe_shards", cfg.safety, on_shard=lambda u: bar.update())
+    return ["safe_shards", "safe_shards/safety_stats.json"], {
+        "classifier": stats.classifier, "unsafe": stats.unsafe, "kept": stats.samples_out,
+        "skipped": dict(stats.skipped)}
+
+
 def run_dedup(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
-    shards = sorted((out / "raw_shards").glob("*.tar"))
+    src = shard_dir_after(out, cfg, "safety")
+    shards = sorted(src.glob("*.tar"))
     if cfg.eval_images is None:
-        return [], {"skipped": "no evaluation images given; training shards are raw_shards/"}
+        return [], {"skipped": f"no evaluation images given; training shards are {src.name}/"}
     with _bar("dedup", len(shards), progress) as bar:
         report = dedup_shards([str(s) for s in shards], cfg.eval_images, out / "shards", cfg.dedup,
                               image_root=cfg.eval_image_root, on_shard=lambda u: bar.update())
@@ -129,7 +188,7 @@ def run_dedup(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], d
 
 
 def final_shard_dir(out: Path, cfg: BuildConfig) -> Path:
-    return out / ("shards" if cfg.eval_images is not None else "raw_shards")
+    return shard_dir_after(out, cfg, "dedup")
 
 
 def run_tokenizer(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
@@ -144,8 +203,8 @@ def run_tokenizer(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str
 
 
 RUNNERS: dict[str, Callable[[BuildConfig, Path, bool], tuple[list[str], dict[str, Any]]]] = {
-    "extract": run_extract, "filter": run_filter, "download": run_download, "dedup": run_dedup,
-    "tokenizer": run_tokenizer,
+    "extract": run_extract, "filter": run_filter, "download": run_download, "image_rules": run_image_rules,
+    "safety": run_safety, "dedup": run_dedup, "tokenizer": run_tokenizer,
 }
 
 
@@ -162,6 +221,10 @@ def build(cfg: BuildConfig, progress: bool = True, log: Callable[[str], None] = 
             continue
         redo = True
         manifest.forget_from(stage)
-        outputs, summary = RUNNERS[stage](cfg, out, progress)
+        runner = RUNNERS[stage]
+        if runner is run_safety:  # its one-line skip notice goes where the build logs
+            outputs, summary = run_safety(cfg, out, progress, log=log)
+        else:
+            outputs, summary = runner(cfg, out, progress)
         manifest.finish(stage, params, outputs, summary)
     return manifest.data
