@@ -132,8 +132,10 @@ def main() -> None:
         if "error" in r:
             print(f"{impl:<7} FAILED: {r['error']}")
         else:
+            rare = r["removed"]["rare_token"]
             print(f"{impl:<7} {a.pairs / r['seconds']:>12,.0f} pairs/s  {r['seconds']:>8.1f} s  "
-                  f"peak RSS {r['peak_rss_mb']:>8,.0f} MiB  kept {r['kept']:,}")
+                  f"peak RSS {r['peak_rss_mb']:>8,.0f} MiB  kept {r['kept']:,}  "
+                  f"rare_token removed {rare:,} ({rare / max(r['rows_in'], 1):.1%} of rows, top_n {params[0]:,})")
     d, p = results.get("duckdb", {}), results.get("pandas", {})
     if "seconds" in d and "seconds" in p:
         print(f"ratio duckdb/pandas: {p['seconds'] / d['seconds']:.1f}x")

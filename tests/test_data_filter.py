@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -62,7 +63,10 @@ def reference(df: pd.DataFrame, cfg: TextFilterConfig) -> tuple[set[tuple], dict
     counts = Counter()
     for _, t, _ in valid:
         counts.update(_grams(t))
-    vocab = set(sorted(counts, key=lambda g: (-counts[g], g))[: cfg.vocab_top_n])
+    if cfg.vocab_top_n is not None:
+        vocab = set(sorted(counts, key=lambda g: (-counts[g], g))[: cfg.vocab_top_n])
+    else:
+        vocab = {g for g, c in counts.items() if c >= cfg.vocab_min_count}
     imgs_per_text = Counter(t for _, t in pages)
     texts_per_img = Counter(u for u, _ in pages)
     removed = Counter({"invalid": len(df) - len(valid), "duplicate": len(valid) - len(pages)})
@@ -92,14 +96,18 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("cfg", [SMALL, TextFilterConfig(), TextFilterConfig(vocab_top_n=40, min_unigrams=1)])
+SMALL_COUNT = dataclasses.replace(SMALL, vocab_top_n=None, vocab_min_count=4)  # the default rule, bitten
+
+
+@pytest.mark.parametrize("cfg", [SMALL, SMALL_COUNT, TextFilterConfig(), TextFilterConfig(vocab_top_n=40, min_unigrams=1),
+                                 TextFilterConfig(vocab_top_n=100_000_000), TextFilterConfig(vocab_min_count=1)])
 def test_duckdb_matches_reference(data: Path, tmp_path: Path, cfg: TextFilterConfig) -> None:
     stats = filter_pairs(data, tmp_path / "pairs.parquet", cfg)
     kept, removed = reference(pd.read_parquet(data), cfg)
     assert _out(tmp_path / "pairs.parquet") == kept
     assert stats.removed == removed and stats.kept == len(kept)
     assert json.loads((tmp_path / "filter_stats.json").read_text())["removed"] == removed
-    if cfg == SMALL:
+    if cfg in (SMALL, SMALL_COUNT):
         assert all(n > 0 for n in removed.values()), removed  # the generated data exercises every rule
 
 
@@ -108,6 +116,57 @@ def test_stats_table_lists_rules_in_order(data: Path, tmp_path: Path) -> None:
     table = format_stats_table(stats)
     positions = [table.index(r) for r in RULES]
     assert positions == sorted(positions) and f"{stats.kept:,}" in table.splitlines()[-1]
+
+
+def _zipf(n: int, seed: int = 0, vocab: int = 2000, s: float = 1.1) -> pd.DataFrame:
+    """Alt-texts of 3-8 words drawn from a Zipf vocabulary (the bench's generator, small)."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(vocab)]
+    weights = [1 / (i + 1) ** s for i in range(vocab)]
+    texts = [" ".join(rng.choices(words, weights, k=rng.randint(3, 8))) for _ in range(n)]
+    return pd.DataFrame({"url": [f"http://img.test/{i}.jpg" for i in range(n)], "text": texts, "page_url": None})
+
+
+def test_default_rare_rule_bites_on_a_small_zipf_sample(tmp_path: Path) -> None:
+    df = _zipf(300)
+    df.to_parquet(tmp_path / "z.parquet")
+    stats = filter_pairs(tmp_path / "z.parquet", tmp_path / "p.parquet")  # the defaults
+    kept, removed = reference(df, TextFilterConfig())
+    assert stats.removed == removed and _out(tmp_path / "p.parquet") == kept
+    assert 0 < removed["rare_token"] < len(df), removed  # the rule means something at 300 pairs
+    assert (stats.vocab_rule, stats.vocab_threshold) == ("min_count", 3)
+    # the paper's N (100M) over a corpus of a few thousand distinct grams removes nothing: why it is not the default
+    assert filter_pairs(tmp_path / "z.parquet", tmp_path / "q.parquet", TextFilterConfig(vocab_top_n=100_000_000)
+                        ).removed["rare_token"] == 0
+
+
+def test_default_rare_rule_removes_nothing_when_every_gram_is_frequent(tmp_path: Path) -> None:
+    base = _zipf(40)
+    df = pd.DataFrame({"url": [f"http://img.test/{k}/{u}" for k in range(3) for u in base.url],
+                       "text": list(base.text) * 3, "page_url": None})  # every text (so every gram) on 3 images
+    df.to_parquet(tmp_path / "f.parquet")
+    stats = filter_pairs(tmp_path / "f.parquet", tmp_path / "p.parquet")
+    assert stats.removed["rare_token"] == 0 and stats.vocab_size == stats.distinct_grams > 0
+    higher = TextFilterConfig(vocab_min_count=4)  # grams seen exactly 3 times are now rare
+    assert filter_pairs(tmp_path / "f.parquet", tmp_path / "p.parquet", higher).removed == reference(df, higher)[1]
+    assert reference(df, higher)[1]["rare_token"] > 0
+
+
+def test_stats_show_the_rare_token_threshold(data: Path, tmp_path: Path) -> None:
+    for cfg, rule, value, words in [(SMALL, "top_n", 150, "top-150 "), (TextFilterConfig(), "min_count", 3, "< 3 times"),
+                                    (TextFilterConfig(vocab_top_n=100_000_000), "top_n", 100_000_000, "top-100,000,000")]:
+        stats = filter_pairs(data, tmp_path / "p.parquet", cfg)
+        saved = json.loads((tmp_path / "filter_stats.json").read_text())
+        assert (saved["vocab_rule"], saved["vocab_threshold"]) == (stats.vocab_rule, stats.vocab_threshold) == (rule, value)
+        row = next(line for line in format_stats_table(stats).splitlines() if line.startswith("rare_token"))
+        assert words in row and row.split()[-2] == f"{stats.removed['rare_token']:,}"
+
+
+def test_bad_vocab_thresholds_are_rejected() -> None:
+    with pytest.raises(ValueError, match="vocab_min_count"):
+        TextFilterConfig(vocab_min_count=0)
+    with pytest.raises(ValueError, match="vocab_top_n"):
+        TextFilterConfig(vocab_top_n=-1)
 
 
 def test_output_sorted_and_typed(data: Path, tmp_path: Path) -> None:
@@ -142,12 +201,14 @@ def spark():
 
 
 @pytest.mark.spark
-def test_spark_matches_duckdb(data: Path, tmp_path: Path, spark) -> None:
-    d = filter_pairs(data, tmp_path / "duck.parquet", SMALL)
-    s = filter_pairs(data, tmp_path / "spark.parquet", SMALL, engine="spark", spark=spark,
+@pytest.mark.parametrize("cfg", [SMALL, SMALL_COUNT], ids=["top_n", "min_count"])
+def test_spark_matches_duckdb(data: Path, tmp_path: Path, spark, cfg: TextFilterConfig) -> None:
+    d = filter_pairs(data, tmp_path / "duck.parquet", cfg)
+    s = filter_pairs(data, tmp_path / "spark.parquet", cfg, engine="spark", spark=spark,
                      stats_path=tmp_path / "spark_stats.json")
     duck = pd.read_parquet(tmp_path / "duck.parquet")
     sp = pd.read_parquet(tmp_path / "spark.parquet")
     assert (tmp_path / "spark.parquet").is_dir()
     pd.testing.assert_frame_equal(duck.reset_index(drop=True), sp.reset_index(drop=True))
     assert d.removed == s.removed and d.kept == s.kept and d.vocab_size == s.vocab_size
+    assert (s.vocab_rule, s.vocab_threshold) == cfg.vocab_rule

@@ -15,9 +15,12 @@ first rule that drops it:
 1. ``duplicate``: the same (url, text) seen again (the first page_url, in sort order, is kept).
 2. ``text_shared``: the alt-text belongs to more than ``max_images_per_text`` distinct urls.
 3. ``image_many_texts``: the url has more than ``max_texts_per_image`` distinct alt-texts.
-4. ``rare_token``: a unigram or bigram of the text is outside the ``vocab_top_n`` most frequent
-   unigrams+bigrams of the raw data (frequency = occurrences over all valid input rows;
-   ties broken by the gram's byte order).
+4. ``rare_token``: a unigram or bigram of the text is rare in the raw data (frequency = occurrences
+   over all valid input rows). By default rare means seen fewer than ``vocab_min_count`` (3) times;
+   with ``vocab_top_n`` set, rare means outside the N most frequent unigrams+bigrams (the paper's
+   wording, ties broken by the gram's byte order). The paper's N = 100M over ~1.8B alt-texts cuts
+   at a frequency of roughly 2-5 (see ``docs/data.md``), so the count threshold keeps the rule's
+   meaning at every corpus size, where a fixed N removes nothing below N distinct grams.
 5. ``length``: fewer than ``min_unigrams`` or more than ``max_unigrams`` unigrams.
 
 The SQL below is one text for both engines; only a few list/regex functions differ by dialect.
@@ -49,9 +52,10 @@ RULE_HELP = {
     "duplicate": "same (url, text) again",
     "text_shared": "alt-text shared by > {max_images_per_text} images",
     "image_many_texts": "image with > {max_texts_per_image} alt-texts",
-    "rare_token": "token outside top-{vocab_top_n} uni+bigrams",
+    "rare_token": "token outside top-{vocab_top_n} uni+bigrams",  # with vocab_top_n set
     "length": "< {min_unigrams} or > {max_unigrams} unigrams",
 }
+RARE_COUNT_HELP = "uni/bigram seen < {vocab_min_count} times in raw data"  # rare_token by default
 TEXT_COLUMNS = ("text", "alt", "caption")
 
 
@@ -61,9 +65,27 @@ class TextFilterConfig:
 
     max_images_per_text: int = field(default=10, metadata={"help": "drop alt-texts shared by more images"})
     max_texts_per_image: int = field(default=1000, metadata={"help": "drop images with more alt-texts"})
-    vocab_top_n: int = field(default=100_000_000, metadata={"help": "keep texts whose uni/bigrams are in the top N"})
+    vocab_top_n: int | None = field(default=None, metadata={
+        "help": "rare = outside the top N uni/bigrams (paper: 100000000 over 1.8B alt-texts); "
+                "default none: use --vocab-min-count"})
     min_unigrams: int = 3
     max_unigrams: int = 20
+    vocab_min_count: int = field(default=3, metadata={
+        "help": "without --vocab-top-n: a uni/bigram seen fewer times in the raw data is rare "
+                "(the paper's top-100M cut is at about this count)"})
+
+    def __post_init__(self) -> None:
+        if self.vocab_top_n is not None and self.vocab_top_n < 0:
+            raise ValueError(f"vocab_top_n must be >= 0 or None, got {self.vocab_top_n}")
+        if self.vocab_min_count < 1:
+            raise ValueError(f"vocab_min_count must be >= 1, got {self.vocab_min_count}")
+
+    @property
+    def vocab_rule(self) -> tuple[str, int]:
+        """The rare-token threshold in effect: ("top_n", N) or ("min_count", K)."""
+        if self.vocab_top_n is not None:
+            return "top_n", int(self.vocab_top_n)
+        return "min_count", int(self.vocab_min_count)
 
 
 @dataclass(frozen=True)
@@ -116,6 +138,14 @@ class Step:
     reused: bool = False  # read by more than one later step: materialise / cache it
 
 
+def _vocab_sql(cfg: TextFilterConfig) -> str:
+    """The kept grams: the top N by count (explicit ``vocab_top_n``) or those seen >= K times."""
+    rule, value = cfg.vocab_rule
+    if rule == "top_n":
+        return f"SELECT g FROM gram_counts ORDER BY cnt DESC, g LIMIT {value}"
+    return f"SELECT g FROM gram_counts WHERE cnt >= {value}"
+
+
 def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
     """The filter as named SQL steps over the view ``raw_input(url, text, page_url)``."""
     grams = d.concat("toks", d.bigrams("toks"))
@@ -127,7 +157,7 @@ def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
              reused=True),
         Step("text_grams", f"SELECT text, n_rows, {d.explode(grams)} AS g FROM text_info", reused=True),
         Step("gram_counts", "SELECT g, sum(n_rows) AS cnt FROM text_grams GROUP BY g"),
-        Step("vocab", f"SELECT g FROM gram_counts ORDER BY cnt DESC, g LIMIT {int(cfg.vocab_top_n)}"),
+        Step("vocab", _vocab_sql(cfg)),
         Step("rare_texts", "SELECT DISTINCT tg.text FROM text_grams tg LEFT JOIN vocab v ON tg.g = v.g WHERE v.g IS NULL"),
         Step("text_images", "SELECT text, count(*) AS n_images FROM pairs GROUP BY text"),
         Step("image_texts", "SELECT url, count(*) AS n_texts FROM pairs GROUP BY url"),
@@ -169,6 +199,8 @@ class FilterStats:
     kept: int = 0
     vocab_size: int = 0
     distinct_grams: int = 0
+    vocab_rule: str = ""  # "top_n" or "min_count": the rare-token threshold in effect ...
+    vocab_threshold: int = 0  # ... and its value (N or K)
     seconds: float = 0.0
 
     def to_json(self) -> str:
@@ -198,9 +230,20 @@ def format_stats_table(stats: FilterStats) -> str:
     for rule in RULES:
         n = stats.removed.get(rule, 0)
         left -= n
-        lines.append(f"{rule:<18} {RULE_HELP[rule].format(**cfg):<44} {n:>12,} {left:>12,}")
+        what = _rare_token_help(stats) if rule == "rare_token" else RULE_HELP[rule].format(**cfg)
+        lines.append(f"{rule:<18} {what:<44} {n:>12,} {left:>12,}")
     lines.append(f"{'kept':<18} {'pairs written':<44} {'':>12} {stats.kept:>12,}")
     return "\n".join(lines)
+
+
+def _rare_token_help(stats: FilterStats) -> str:
+    """The rare-token row names the threshold in effect: top N, or a minimum count K."""
+    rule, value = stats.vocab_rule, stats.vocab_threshold
+    if not rule:  # stats made before the threshold was recorded
+        rule, value = TextFilterConfig(**stats.config).vocab_rule
+    if rule == "top_n":
+        return RULE_HELP["rare_token"].format(vocab_top_n=f"{value:,}")
+    return RARE_COUNT_HELP.format(vocab_min_count=value)
 
 
 # ---------------------------------------------------------------- inputs
@@ -335,6 +378,7 @@ def filter_pairs(inputs: list[str | Path] | str | Path, out: str | Path, cfg: Te
     out.parent.mkdir(parents=True, exist_ok=True)
     step_cb = on_step or (lambda name: None)
     stats = FilterStats(config=asdict(cfg), engine=engine, inputs=files, output=str(out))
+    stats.vocab_rule, stats.vocab_threshold = cfg.vocab_rule
     t0 = time.perf_counter()
     if engine == "duckdb":
         counts = _run_duckdb(files, cols, cfg, out, threads, memory_limit, step_cb)
