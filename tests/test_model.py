@@ -152,3 +152,24 @@ def test_global_pool_is_adaptive_and_equal_to_transformers_pooling():
     x = torch.randn(2, vision.config.hidden_dim, 3, 5)
     ref = nn.AvgPool2d(vision.config.hidden_dim, ceil_mode=True)(x)
     assert torch.allclose(vision.pooler(x), ref, atol=1e-6)
+
+
+def test_conv_init_is_a_preset_choice():
+    """`efficientnet` (the reference: depthwise std sqrt(2/(k*k))) for the paper's family; `tiny` keeps
+    torch's fan-out (depthwise sqrt(C) smaller), which trains its AdamW demo far better."""
+    import math
+
+    from torch import nn
+
+    from openalign.models.dual_encoder import DualEncoder
+    from openalign.models.presets import get_preset
+
+    assert get_preset("tiny").conv_init == "torch-fan-out" and get_preset("b3-mini").conv_init == "efficientnet"
+    for kind, scale in (("efficientnet", 1.0), ("torch-fan-out", None)):
+        model = DualEncoder.from_preset(get_preset("tiny").with_(conv_init=kind), vocab_size=64, seed=0)
+        dw = [m for m in model.align.vision_model.modules()
+              if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels]
+        m = max(dw, key=lambda c: c.out_channels)
+        k = m.kernel_size[0] * m.kernel_size[1]
+        want = math.sqrt(2.0 / k) if scale else math.sqrt(2.0 / (k * m.out_channels))
+        assert abs(m.weight.std().item() / want - 1) < 0.25, (kind, m.weight.std().item(), want)

@@ -55,7 +55,7 @@ class DualEncoder(nn.Module):
             torch.manual_seed(seed)
         config = preset.align_config(vocab_size=vocab_size)
         align = AlignModel(config)
-        _efficientnet_init(align.vision_model)
+        _efficientnet_init(align.vision_model, preset.conv_init)
         _exact_efficientnet(align.vision_model, preset.drop_connect_rate, preset.bn_momentum)
         proj = None
         if preset.embed_dim is not None and preset.embed_dim != preset.native_dim:
@@ -170,17 +170,19 @@ class DualEncoder(nn.Module):
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _efficientnet_init(vision: nn.Module) -> None:
+def _efficientnet_init(vision: nn.Module, kind: str = "efficientnet") -> None:
     """EfficientNet's own conv init, not transformers' normal(0, 0.02).
 
     The TF reference draws normal(0, sqrt(2 / fan_out)) with fan_out = k * k * out_channels / groups:
     k * k for a depthwise kernel ([k, k, C, 1] in TF). torch's ``kaiming_normal_(mode="fan_out")``
     ignores groups and would start depthwise kernels sqrt(C) times too small.
     """
+    if kind not in ("efficientnet", "torch-fan-out"):
+        raise ValueError(f"conv_init {kind!r}: use 'efficientnet' or 'torch-fan-out'")
     for m in vision.modules():
         if isinstance(m, nn.Conv2d):
             k_h, k_w = m.kernel_size
-            fan_out = k_h * k_w * m.out_channels // m.groups
+            fan_out = k_h * k_w * m.out_channels // (m.groups if kind == "efficientnet" else 1)
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
