@@ -53,6 +53,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,9 +61,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, get_shape
-from train_throughput import (
-    make_batch,  # bench/ is on sys.path when a bench runs as a script
-)
 
 from openalign.losses import contrastive_loss, gather_with_grad
 from openalign.models.preprocess import normalize_pixels
@@ -70,6 +68,9 @@ from openalign.models.presets import get_preset
 from openalign.train.config import TrainConfig
 from openalign.train.distributed import DistInfo, barrier, init_distributed
 from openalign.train.loop import Trainer, build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench, also when a test imports this file
+from train_throughput import make_batch  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s per device.
 # Matched as substrings of torch.cuda.get_device_name(), first match wins (so "H100 PCIe" before
