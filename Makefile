@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[test,web,download,spark]'
+	$(BIN)/pip install -q -e '.[test,web,download,spark,icons]'
 	touch $(STAMP)
 
 venv: $(STAMP)
