@@ -17,7 +17,8 @@ from openalign.cli._config_args import LazyParser
 COMMANDS: dict[str, list[str]] = {
     "": ["openalign.cli.train", "openalign.cli.demo", "openalign.cli.search", "openalign.cli.serve",
          "openalign.cli.embed"],
-    "data": ["openalign.cli.data_synth", "openalign.cli.data_build"],
+    "data": ["openalign.cli.data_synth", "openalign.cli.data_build", "openalign.cli.data_score",
+             "openalign.cli.data_icons"],
     "tokenizer": ["openalign.cli.tokenizer"],
     "eval": ["openalign.cli.eval_retrieval", "openalign.cli.eval_classify", "openalign.cli.eval_suite"],
     "index": ["openalign.cli.index"],
