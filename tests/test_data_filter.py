@@ -7,6 +7,7 @@ import json
 import random
 import re
 import shutil
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -43,8 +44,23 @@ def _gen(n: int = 1500, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["url", "alt", "page_url"])  # cc2dataset naming
 
 
+def _simple_lower(c: str) -> str:
+    """One code point to one: Python's lower() except where it is the full (multi-point) mapping."""
+    low = c.lower()
+    return {"\u0130": "i"}.get(c, low if len(low) == 1 else c)
+
+
 def _toks(t: str) -> list[str]:
-    return re.findall(r"[^\W_]+", t.lower())
+    """The module doc's tokenisation, char by char: NFC, simple lower-case, runs of letters/marks/numbers."""
+    out, cur = [], ""
+    for c in unicodedata.normalize("NFC", t):
+        c = _simple_lower(c)
+        if unicodedata.category(c)[0] in "LMN":
+            cur += c
+        elif cur:
+            out.append(cur)
+            cur = ""
+    return out + [cur] if cur else out
 
 
 def _grams(t: str) -> list[str]:
@@ -63,8 +79,11 @@ def reference(df: pd.DataFrame, cfg: TextFilterConfig) -> tuple[set[tuple], dict
     counts = Counter()
     for _, t, _ in valid:
         counts.update(_grams(t))
-    if cfg.vocab_top_n is not None:
-        vocab = set(sorted(counts, key=lambda g: (-counts[g], g))[: cfg.vocab_top_n])
+    if cfg.vocab_top_n is not None:  # every gram tied with the N-th most frequent one is kept
+        ranked = sorted(counts.values(), reverse=True)
+        n = cfg.vocab_top_n
+        k = float("inf") if n == 0 else (ranked[n - 1] if n <= len(ranked) else 1)
+        vocab = {g for g, c in counts.items() if c >= k}
     else:
         vocab = {g for g, c in counts.items() if c >= cfg.vocab_min_count}
     imgs_per_text = Counter(t for _, t in pages)
