@@ -231,3 +231,23 @@ def test_spark_matches_duckdb(data: Path, tmp_path: Path, spark, cfg: TextFilter
     pd.testing.assert_frame_equal(duck.reset_index(drop=True), sp.reset_index(drop=True))
     assert d.removed == s.removed and d.kept == s.kept and d.vocab_size == s.vocab_size
     assert (s.vocab_rule, s.vocab_threshold) == cfg.vocab_rule
+
+
+def test_memory_limit_spills_to_temp_dir_and_keeps_the_result(tmp_path: Path) -> None:
+    """Under a tight --memory-limit DuckDB spills to --temp-dir: same output, the spill folder removed."""
+    src = tmp_path / "z.parquet"
+    _zipf(100_000).to_parquet(src)
+    free = filter_pairs(src, tmp_path / "free.parquet", TextFilterConfig(), threads=1)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    tight = filter_pairs(src, tmp_path / "tight.parquet", TextFilterConfig(), threads=1, memory_limit="45MB",
+                         temp_dir=spill)
+    assert free.spilled_bytes == 0 and tight.spilled_bytes > 0
+    assert (tight.kept, tight.removed) == (free.kept, free.removed)
+    assert _out(tmp_path / "tight.parquet") == _out(tmp_path / "free.parquet")
+    assert list(spill.iterdir()) == []  # DuckDB's spill files do not outlive the run
+
+
+def test_bad_memory_limit_is_one_line(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--memory-limit 'lots'.*4GB"):
+        filter_pairs(data, tmp_path / "o.parquet", SMALL, memory_limit="lots")

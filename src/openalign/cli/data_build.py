@@ -111,7 +111,8 @@ def cmd_filter(a: argparse.Namespace) -> int:
     resolve_columns(parquet_files(a.inputs), opts.url_column, opts.text_column)  # bad input fails before the bar
     with tqdm(total=N_STEPS, desc="filter", unit="step") as bar:
         stats = filter_pairs(a.inputs, a.out, cfg, engine=opts.engine, url_column=opts.url_column,
-                             text_column=opts.text_column, threads=opts.threads, spark_master=opts.spark_master,
+                             text_column=opts.text_column, threads=opts.threads, memory_limit=opts.memory_limit,
+                             temp_dir=opts.temp_dir, spark_master=opts.spark_master,
                              on_step=lambda n: bar.update())
     print(format_stats_table(stats))
     return 0

@@ -101,6 +101,10 @@ class FilterOptions:
     text_column: str | None = field(default=None, metadata={"help": "alt-text column (default: text, alt or caption)"})
     threads: int | None = field(default=None, metadata={
         "flag": "--threads-sql", "help": "DuckDB threads (default: all cores)"})
+    memory_limit: str | None = field(default=None, metadata={
+        "help": "DuckDB memory cap, e.g. 4GB (default: 80% of RAM); past it, work spills to --temp-dir"})
+    temp_dir: str | None = field(default=None, metadata={
+        "help": "folder for DuckDB's spill files (default: beside --out); give it free disk ~3x the input"})
     spark_master: str | None = field(default="local[*]", metadata={
         "help": "Spark master for --engine spark: local[N], spark://HOST:7077, yarn, k8s://...; "
                 "none = the one spark-submit or spark-defaults.conf gives"})
@@ -229,11 +233,16 @@ def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
                   FROM (SELECT text, sum(n_rows) AS n_rows, count(*) AS n_images FROM pairs GROUP BY text) t) x""",
              reused=True, row_ids=True),
         Step("text_grams", f"SELECT tid, n_rows, {d.explode('grams')} AS g FROM text_info"),
-        Step("gram_counts", "SELECT g, sum(n_rows) AS cnt FROM text_grams GROUP BY g", reused=True),
+        # A gram's count is at least the number of texts holding it, so a gram seen once or twice
+        # names all its texts by its smallest and largest text id: for those, the rare-token rule
+        # needs no second pass over the grams (the default K = 3 only ever has such rare grams).
+        Step("gram_counts", """SELECT g, sum(n_rows) AS cnt, count(*) AS n_texts, min(tid) AS tid_lo, max(tid) AS tid_hi
+                               FROM text_grams GROUP BY g""", reused=True),
         Step("cutoff", _cutoff_sql(cfg), reused=True),
-        Step("rare_texts", """SELECT DISTINCT tg.tid FROM text_grams tg
-                              JOIN gram_counts gc ON tg.g = gc.g
-                              WHERE gc.cnt < (SELECT k FROM cutoff)""", reused=True),
+        Step("rare_wide", "SELECT g FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND n_texts > 2", reused=True),
+        Step("rare_texts", """SELECT tid_lo AS tid FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND n_texts <= 2
+                              UNION SELECT tid_hi FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND n_texts <= 2
+                              UNION SELECT tg.tid FROM text_grams tg JOIN rare_wide r ON tg.g = r.g""", reused=True),
         Step("image_texts", "SELECT url, count(*) AS n_texts FROM pairs GROUP BY url"),
         Step("labelled", f"""
             SELECT p.url, p.text, p.page_url,
