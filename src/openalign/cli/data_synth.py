@@ -37,11 +37,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--heldout-fraction {cfg.heldout_fraction_of_combos}: must be in [0, 1)")
     if cfg.num_train < 1 or cfg.num_heldout < 0 or cfg.shard_size < 1 or cfg.image_size < 16:
         raise UserError("--num-train and --shard-size must be >= 1, --num-heldout >= 0, --image-size >= 16")
+    if cfg.world == "long-tail" and not (0.0 <= cfg.zipf_s <= 10.0 and 3 <= cfg.num_concepts <= 384):
+        raise UserError(f"--zipf-s {cfg.zipf_s} / --num-concepts {cfg.num_concepts}: need 0 <= s <= 10 and "
+                        "3 <= concepts <= 384")
     with tqdm(total=cfg.num_train, desc="synth", unit=" img") as bar:
         info = generate_corpus(args.out, **asdict(cfg), progress=bar.update)
     noise = ", ".join(f"{k} {v}" for k, v in info.noise_counts.items())
     print(f"train:   {info.num_train} images ({noise}) -> {info.shards}")
     print(f"heldout: {info.num_heldout} images, 5 captions each -> {info.heldout_json}")
     print(f"         images under {info.heldout_image_root}")
+    if cfg.world == "long-tail":
+        print(f"         by stratum (split head|torso|tail): {info.root / 'heldout' / 'karpathy_strata.json'}")
+        print(f"zeroshot: one class per concept -> {info.root / 'zeroshot'}")
     print(f"stats:   {info.root / 'stats.json'}")
     return 0

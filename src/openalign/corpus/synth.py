@@ -486,6 +486,9 @@ def write_heldout(root: Path, num: int, seed: int, image_size: int, combos: list
 # the corpus
 
 
+WORLDS: tuple[str, ...] = ("toy", "long-tail")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """What :func:`generate_corpus` makes: its keyword arguments, with the same defaults."""
@@ -499,6 +502,10 @@ class SynthConfig:
     heldout_fraction_of_combos: float = field(default=0.15, metadata={
         "flag": "--heldout-fraction", "help": "fraction of colour/shape combos held out"})
     workers: int = field(default=1, metadata={"help": "processes writing shards"})
+    world: str = field(default="toy", metadata={"choices": WORLDS, "help": (
+        "toy: 64 colour+shape combos; long-tail: hundreds of Zipf-distributed concepts (synth_longtail)")})
+    zipf_s: float = field(default=1.1, metadata={"help": "long-tail world: Zipf exponent s, p(rank r) ~ 1/r^s"})
+    num_concepts: int = field(default=384, metadata={"help": "long-tail world: object concepts, 3..384"})
 
 
 @dataclass(frozen=True)
@@ -514,12 +521,22 @@ class CorpusInfo:
 
 def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 500, noise_rate: float = 0.2,
                     seed: int = 0, image_size: int = 80, shard_size: int = 1000,
-                    heldout_fraction_of_combos: float = 0.15, workers: int = 1,
+                    heldout_fraction_of_combos: float = 0.15, workers: int = 1, world: str = "toy",
+                    zipf_s: float = 1.1, num_concepts: int = 384,
                     progress: Callable[[int], None] | None = None) -> CorpusInfo:
     """Write ``out/train/*.tar`` (noisy), ``out/heldout/`` (clean, unseen combos) and ``out/stats.json``.
 
     ``progress`` is called with the number of training samples written after each shard.
+    ``world="long-tail"`` writes :mod:`openalign.corpus.synth_longtail`'s world instead (``zipf_s``,
+    ``num_concepts`` are its own; ``heldout_fraction_of_combos`` is the toy world's).
     """
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {world!r}")
+    if world == "long-tail":
+        from openalign.corpus.synth_longtail import generate_longtail  # imports this module: import here
+        return generate_longtail(out, num_train=num_train, num_heldout=num_heldout, noise_rate=noise_rate, seed=seed,
+                                 image_size=image_size, shard_size=shard_size, workers=workers, zipf_s=zipf_s,
+                                 num_concepts=num_concepts, progress=progress)
     if num_train < 1 or num_heldout < 0 or shard_size < 1 or image_size < 16:
         raise ValueError("need num_train >= 1, num_heldout >= 0, shard_size >= 1, image_size >= 16")
     root = Path(out)
@@ -567,12 +584,18 @@ CLASSIFICATION_TEMPLATES: dict[str, list[str]] = {
 
 def write_classification_split(out: str | Path, attribute: str = "colour", n_per_class: int = 50, seed: int = 0,
                                image_size: int = 80, combos: str = "all",
-                               heldout_fraction_of_combos: float = 0.15) -> Path:
+                               heldout_fraction_of_combos: float = 0.15, world: str = "toy") -> Path:
     """ImageFolder tree ``out/<class>/*.jpg`` classifying one attribute, plus CLIP_benchmark-style
     ``classnames.json`` / ``templates.json`` (keyed by the dataset name ``synth_<attribute>``).
 
     ``combos`` picks the (colour, shape) pairs drawn: "all", "train" or "heldout".
+    ``world="long-tail"``: attribute "object" (one class per concept) or "colour", see synth_longtail.
     """
+    if world == "long-tail":
+        from openalign.corpus import synth_longtail  # imports this module: import here
+        return synth_longtail.write_classification_split(out, attribute, n_per_class, seed, image_size)
+    if world != "toy":
+        raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {world!r}")
     if attribute not in ATTRIBUTES:
         raise ValueError(f"attribute must be one of {sorted(ATTRIBUTES)}, got {attribute!r}")
     pool = {"all": [(c, s) for c in COLOURS for s in SHAPES], "train": train_combos(heldout_fraction_of_combos),
