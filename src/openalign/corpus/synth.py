@@ -336,14 +336,20 @@ def _rng(seed: int, split: str, index: int, stream: str) -> random.Random:
     return random.Random(f"openalign-synth:{seed}:{split}:{index}:{stream}")
 
 
-def _train_attrs(seed: int, index: int, combos: list[tuple[str, str]]) -> Attrs:
+def _train_attrs(seed: int, index: int, combos: list[tuple[str, str]], colour_block: int = 0) -> Attrs:
+    """``colour_block`` > 0: images come in runs of that many of one colour (colours in turn), so a
+    training batch read in order holds few colours and only shape and the rest tell its images apart
+    (hard negatives; a tiny model otherwise learns colour alone). 0: colours drawn at random."""
+    if colour_block > 0:
+        colour = COLOURS[(index // colour_block) % len(COLOURS)]
+        combos = [c for c in combos if c[0] == colour] or combos
     return sample_attrs(_rng(seed, "train", index, "attrs"), combos)
 
 
 def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: int,
-                 combos: list[tuple[str, str]]) -> dict:
+                 combos: list[tuple[str, str]], colour_block: int = 0) -> dict:
     """One training sample: JPEG bytes, caption and metadata; ``noise`` is "none" or a NOISE_KINDS entry."""
-    attrs = _train_attrs(seed, index, combos)
+    attrs = _train_attrs(seed, index, combos, colour_block)
     rng = _rng(seed, "train", index, "caption")
     image = encode_jpeg(render(attrs, image_size, _rng(seed, "train", index, "render")))
     clean = make_caption(attrs, rng)
@@ -353,7 +359,7 @@ def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: 
     elif noise == "junk":
         caption = junk_caption(rng)
     elif noise == "swap":
-        other, other_attrs = _unrelated(index, seed, num_train, attrs, combos, rng)
+        other, other_attrs = _unrelated(index, seed, num_train, attrs, combos, rng, colour_block)
         # the other image's own clean caption: its caption RNG's first draw, recomputed here
         cap_rng = _rng(seed, "train", other, "caption") if other >= 0 else rng
         caption = make_caption(other_attrs, cap_rng)
@@ -367,11 +373,11 @@ def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: 
 
 
 def _unrelated(index: int, seed: int, num_train: int, attrs: Attrs, combos: list[tuple[str, str]],
-               rng: random.Random) -> tuple[int, Attrs]:
+               rng: random.Random, colour_block: int = 0) -> tuple[int, Attrs]:
     """Another training image whose (colour, shape) differs from this one's."""
     for _ in range(100):
         other = rng.randrange(num_train)
-        other_attrs = _train_attrs(seed, other, combos)
+        other_attrs = _train_attrs(seed, other, combos, colour_block)
         if (other_attrs["colour"], other_attrs["shape"]) != (attrs["colour"], attrs["shape"]):
             return other, other_attrs
     # a corpus (almost) made of one combination: fall back to a fresh unrelated description
@@ -403,6 +409,7 @@ class _ShardJob:
     num_train: int
     image_size: int
     combos: tuple[tuple[str, str], ...]
+    colour_block: int = 0
 
 
 def _write_shard(job: _ShardJob) -> int:
@@ -411,7 +418,8 @@ def _write_shard(job: _ShardJob) -> int:
         with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=0.0) as sink:
             for k, noise in enumerate(job.noise):
                 i = job.start + k
-                s = train_sample(i, job.seed, noise, job.num_train, job.image_size, list(job.combos))
+                s = train_sample(i, job.seed, noise, job.num_train, job.image_size, list(job.combos),
+                                 job.colour_block)
                 key = f"{i:09d}"
                 meta = {"key": key, "caption": s["caption"], "status": "success", "width": job.image_size,
                         "height": job.image_size, **s["meta"]}
@@ -506,6 +514,8 @@ class SynthConfig:
         "toy: 64 colour+shape combos; long-tail: hundreds of Zipf-distributed concepts (synth_longtail)")})
     zipf_s: float = field(default=1.1, metadata={"help": "long-tail world: Zipf exponent s, p(rank r) ~ 1/r^s"})
     num_concepts: int = field(default=384, metadata={"help": "long-tail world: object concepts, 3..384"})
+    colour_block: int = field(default=0, metadata={"help": (
+        "toy world: training images in runs of this many of one colour (hard-negative batches); 0 = random")})
 
 
 @dataclass(frozen=True)
@@ -522,11 +532,12 @@ class CorpusInfo:
 def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 500, noise_rate: float = 0.2,
                     seed: int = 0, image_size: int = 80, shard_size: int = 1000,
                     heldout_fraction_of_combos: float = 0.15, workers: int = 1, world: str = "toy",
-                    zipf_s: float = 1.1, num_concepts: int = 384,
+                    zipf_s: float = 1.1, num_concepts: int = 384, colour_block: int = 0,
                     progress: Callable[[int], None] | None = None) -> CorpusInfo:
     """Write ``out/train/*.tar`` (noisy), ``out/heldout/`` (clean, unseen combos) and ``out/stats.json``.
 
     ``progress`` is called with the number of training samples written after each shard.
+    ``colour_block`` > 0 orders training images in single-colour runs (see :func:`_train_attrs`).
     ``world="long-tail"`` writes :mod:`openalign.corpus.synth_longtail`'s world instead (``zipf_s``,
     ``num_concepts`` are its own; ``heldout_fraction_of_combos`` is the toy world's).
     """
@@ -545,7 +556,7 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
     combos, held = train_combos(heldout_fraction_of_combos), heldout_combos(heldout_fraction_of_combos)
     plan = noise_plan(num_train, noise_rate, seed)
     jobs = [_ShardJob(str(train_dir / f"{k:05d}.tar"), start, tuple(plan[start:start + shard_size]), seed,
-                      num_train, image_size, tuple(combos))
+                      num_train, image_size, tuple(combos), colour_block)
             for k, start in enumerate(range(0, num_train, shard_size))]
     _run_jobs(jobs, workers, progress)
     heldout_json = write_heldout(root / "heldout", num_heldout, seed, image_size, held or combos)
@@ -554,7 +565,8 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
                       heldout_json=heldout_json, heldout_image_root=root / "heldout" / "images",
                       num_heldout=num_heldout, noise_counts=counts)
     stats = {"num_train": num_train, "num_heldout": num_heldout, "noise_rate": noise_rate, "seed": seed,
-             "image_size": image_size, "shard_size": shard_size, "num_shards": len(jobs), "shards": info.shards,
+             "image_size": image_size, "shard_size": shard_size, "colour_block": colour_block,
+             "num_shards": len(jobs), "shards": info.shards,
              "noise_counts": counts, "heldout_combos": [list(c) for c in held],
              "train_combos": [list(c) for c in combos], "attributes": {k: list(v) for k, v in ATTRIBUTES.items()}}
     atomic_write_text(root / "stats.json", json.dumps(stats, indent=1))
