@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/search.py                 # 100k and 1M vectors, tiny + b7-base presets
     .venv/bin/python bench/search.py --sizes 100000 --presets tiny
+    .venv/bin/python bench/search.py --streaming --sizes 1000000 [--modes memory,streamed,on-disk]
 
 Part 1, for each size: L2-normalised 640-d vectors (a Gaussian mixture by default: real embeddings
 cluster; ``--data uniform`` for structureless noise), the index type ``auto`` picks under the
@@ -13,6 +14,17 @@ Part 2, for each preset: a random-init model saved to a temp dir, an index of ra
 ``GET /api/search?q=...`` through uvicorn on 127.0.0.1 (text encoder included), measured with the
 encoder alone beside it. Each preset runs in a subprocess with a time limit; one that is too slow
 or too big is skipped with the reason printed.
+
+``--streaming``: ``index build --embeddings`` at scale. The collection is generated straight into an
+embeddings folder (parts of ``--part-size`` float16 vectors, never all in memory), then indexed
+in one child process per mode, same data and parameters: ``memory`` (the baseline: every part read
+into one float32 array, then built), ``streamed`` (parts streamed, IVF lists in memory) and
+``on-disk`` (lists merged into ``index.ivfdata``, memory-mapped when searched). Each prints build
+wall time, peak RSS (VmHWM) and peak anonymous RSS (sampled every 50 ms: the file pages of
+memory-mapped reads are reclaimable), the index's disk use, recall@10 against exact neighbours
+(computed by a blockwise pass over the parts) and single-query p50/p99 through ``SearchIndex``
+(the queries run twice: the table shows the second pass, pages cached; the first is printed
+below it), and the ratios to the baseline.
 """
 
 from __future__ import annotations
@@ -203,6 +215,153 @@ def print_e2e(r: dict) -> None:
           f"(+{h['p50_ms'] - e['p50_ms']:.2f} ms for HTTP, JSON and the index)")
 
 
+# ---------------------------------------------------------------- --streaming
+
+
+def write_collection(emb: Path, n: int, part_size: int, seed: int = 0, n_clusters: int = 1000) -> None:
+    """The clustered collection of :func:`make_vectors`, generated a part at a time into an embeddings folder."""
+    from openalign.search.parts import write_vector_parts
+
+    centres = np.random.default_rng(seed).standard_normal((n_clusters, DIM), dtype=np.float32)
+
+    def parts():
+        for k, lo in enumerate(range(0, n, part_size)):
+            rng = np.random.default_rng([seed, k])
+            m = min(part_size, n - lo)
+            x = 0.8 * rng.standard_normal((m, DIM), dtype=np.float32) + centres[rng.integers(0, n_clusters, m)]
+            yield x / np.linalg.norm(x, axis=1, keepdims=True), None
+
+    write_vector_parts(emb, {"name": "random", "dir": None, "dim": DIM, "fingerprint": "bench"}, n, part_size, parts())
+
+
+def part_blocks(emb: Path):
+    """(first row, float32 block) over the parts in row order."""
+    start = 0
+    for f in sorted((emb / "img_emb").glob("part-*.npy")):
+        x = np.load(f).astype(np.float32)
+        yield start, x
+        start += len(x)
+
+
+def stream_queries(emb: Path, nq: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``nq`` collection vectors plus small noise, and their exact top-10 by a blockwise pass."""
+    import faiss
+
+    rng = np.random.default_rng(1)
+    ids = np.sort(rng.choice(n, nq, replace=False))
+    q = np.zeros((nq, DIM), np.float32)
+    for start, x in part_blocks(emb):
+        sel = (ids >= start) & (ids < start + len(x))
+        q[sel] = x[ids[sel] - start]
+    q += 0.3 * rng.standard_normal((nq, DIM), dtype=np.float32) / np.sqrt(DIM)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    heap = faiss.ResultHeap(nq, 10, keep_max=True)
+    for start, x in part_blocks(emb):
+        d, i = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(d, i + start)
+    heap.finalize()
+    return q, heap.I
+
+
+class PeakAnon:
+    """Samples this process's anonymous RSS (heap, not file-backed pages) every 50 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak, self.stop = 0, False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop:
+            self.peak = max(self.peak, _status_kb("RssAnon"))
+            time.sleep(0.05)
+
+    def done(self) -> int:
+        self.stop = True
+        self.thread.join()
+        return self.peak
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def stream_child(mode: str, emb: Path, out: Path, queries: Path, budget_mb: float, target: float) -> dict:
+    """One build in a fresh process (so peak RSS is this build's), then its recall and latency."""
+    from openalign.search.index import IndexParams, knn_recall, write_index
+    from openalign.search.parts import build_index_from_parts, contents_from_parts, read_parts
+    from openalign.search.query import SearchIndex
+
+    p = IndexParams(memory_budget_mb=budget_mb, target_recall=target, on_disk=mode == "on-disk")
+    anon = PeakAnon()
+    t0 = time.perf_counter()
+    if mode == "memory":
+        m = write_index(out, contents_from_parts(read_parts(emb), p))
+    else:
+        m = build_index_from_parts(emb, out, p)
+    build_s = time.perf_counter() - t0
+    peak_anon_kb, peak_kb = anon.done(), _status_kb("VmHWM")
+    z = np.load(queries)
+    q, e_ids = z["q"], z["ids"]
+    idx = SearchIndex(out)
+    cold = latencies(lambda v: idx.search_vectors(v, 10), q)  # first touch of lists and re-rank rows
+    ms = latencies(lambda v: idx.search_vectors(v, 10), q)  # the same queries again: pages cached
+    _, a_ids = idx.search_vectors(q, 10)
+    ip = m["index_params"]
+    files = {f.name: f.stat().st_size for f in out.iterdir()}
+    return {"mode": mode, "n": m["count"], "build_s": build_s, "peak_rss_mb": peak_kb / 1024,
+            "peak_anon_mb": peak_anon_kb / 1024, "disk_mb": sum(files.values()) / 2**20,
+            "lists_mb": (files.get("index.faiss", 0) + files.get("index.ivfdata", 0)) / 2**20,
+            "recall@10": knn_recall(a_ids, e_ids), **summary(ms), "cold": summary(cold),
+            "knobs": f"nprobe {ip['ivf_nprobe']}/{ip['ivf_nlist']}, rerank {ip['rerank']}, pq_m {ip['pq_m']}",
+            "tuning_s": (m.get("tuning") or {}).get("seconds"), "tuned_recall": (m.get("tuning") or {}).get("recall")}
+
+
+def bench_streaming(n: int, modes: list[str], args, workdir: Path) -> list[dict]:
+    emb = workdir / f"emb-{n}"
+    t0 = time.perf_counter()
+    write_collection(emb, n, args.part_size)
+    q, ids = stream_queries(emb, args.queries, n)
+    np.savez(workdir / "queries.npz", q=q, ids=ids)
+    print(f"\n== streaming build, {n:,} x {DIM}-d clustered, {args.part_size:,}-vector float16 parts "
+          f"({time.perf_counter() - t0:.0f}s to write parts and exact neighbours); budget {args.memory_budget_mb} MB, "
+          f"target recall@10 {args.target_recall}", flush=True)
+    rows = []
+    for mode in modes:
+        out = workdir / f"idx-{n}-{mode}"
+        cmd = [sys.executable, __file__, "--stream-child", mode, "--emb", str(emb), "--out", str(out),
+               "--memory-budget-mb", str(args.memory_budget_mb), "--target-recall", str(args.target_recall),
+               "--queries-file", str(workdir / "queries.npz")]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            tail = (p.stderr or "").strip().splitlines()[-1:] or ["?"]
+            print(f"  {mode}: FAILED (exit {p.returncode}: {tail[0]})", flush=True)
+            continue
+        rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        shutil.rmtree(out, ignore_errors=True)
+        print_stream_row(rows[-1], rows[0], first=len(rows) == 1)
+    shutil.rmtree(emb, ignore_errors=True)
+    return rows
+
+
+def print_stream_row(r: dict, base: dict, first: bool) -> None:
+    if first:
+        print(f"  {'mode':9s} {'build s':>8s} {'peak RSS MB':>11s} {'peak anon MB':>12s} {'disk MB':>8s} "
+              f"{'recall@10':>9s} {'p50 ms':>7s} {'p99 ms':>7s}  knobs")
+    print(f"  {r['mode']:9s} {r['build_s']:8.1f} {r['peak_rss_mb']:11.0f} {r['peak_anon_mb']:12.0f} {r['disk_mb']:8.0f} "
+          f"{r['recall@10']:9.3f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}  {r['knobs']}", flush=True)
+    print(f"  {'':9s} first pass over the queries (cold pages): p50 {r['cold']['p50_ms']:.2f} ms, "
+          f"p99 {r['cold']['p99_ms']:.2f} ms", flush=True)
+    if not first:
+        print(f"  {'':9s} vs {base['mode']}: build {r['build_s'] / base['build_s']:.2f}x, peak anon RSS "
+              f"{r['peak_anon_mb'] / base['peak_anon_mb']:.2f}x, p50 {r['p50_ms'] / base['p50_ms']:.2f}x", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="100000,1000000")
@@ -213,13 +372,32 @@ def main() -> None:
     ap.add_argument("--presets", default="tiny,b7-base")
     ap.add_argument("--preset-limit-s", type=int, default=180)
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--streaming", action="store_true", help="index build --embeddings: in memory vs streamed vs on disk")
+    ap.add_argument("--modes", default="memory,streamed,on-disk")
+    ap.add_argument("--part-size", type=int, default=100_000)
     ap.add_argument("--e2e-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--stream-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--emb", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--queries-file", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.e2e_child:
         print(json.dumps(e2e_child(args.e2e_child, args.queries)))
         return
+    if args.stream_child:
+        print(json.dumps(stream_child(args.stream_child, Path(args.emb), Path(args.out), Path(args.queries_file),
+                                      args.memory_budget_mb, args.target_recall)))
+        return
     t0 = time.perf_counter()
-    results: dict = {"sizes": [], "e2e": []}
+    results: dict = {"sizes": [], "e2e": [], "streaming": []}
+    if args.streaming:
+        with tempfile.TemporaryDirectory(prefix="bench-stream-") as d:
+            for n in [int(s) for s in args.sizes.split(",") if s]:
+                results["streaming"] += bench_streaming(n, args.modes.split(","), args, Path(d))
+        print(f"\ntotal {time.perf_counter() - t0:.0f}s")
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
+        return
     with tempfile.TemporaryDirectory(prefix="bench-search-") as d:
         for n in [int(s) for s in args.sizes.split(",") if s]:
             r = bench_size(n, args.data, args.queries, args.memory_budget_mb, args.target_recall, Path(d))

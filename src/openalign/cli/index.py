@@ -1,5 +1,5 @@
-"""``openalign index build`` / ``openalign index add``: embed images (or read ``openalign embed`` parts) and write
-or extend a search index."""
+"""``openalign index build`` / ``openalign index add``: embed images (or stream ``openalign embed`` parts) and write
+or extend a search index. Writers of one index take turns (a lock beside it): a second ``add`` waits."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     # one more source, outside the dataclass (it feeds another function): join the exactly-one-of group
     group = next(g for g in p._mutually_exclusive_groups if any(a.dest == "images" for a in g._group_actions))
     group.add_argument("--embeddings", default=None, metavar="EMB_DIR",
-                       help="the parts folder of `openalign embed` (every rank): index them, embedding nothing")
+                       help="the parts folder of `openalign embed` (every rank): index them, embedding nothing; "
+                            "streamed a part at a time (add --on-disk for IVF lists on disk)")
     add_config_flags(p, IndexParams, title="vector index")
 
 

@@ -8,6 +8,7 @@ Layout of an index directory::
     metadata.parquet   id, path, url, caption, width, height, thumb_offset, thumb_size
     thumbnails.bin     small JPEG thumbnails back to back (served by id: no path ever leaves here)
     captions.faiss     caption text vectors keyed by image id (only when captions were indexed)
+    index.ivfdata      IVF-PQ inverted lists on disk (``on_disk``), memory-mapped by the searcher
 
 Row ``i`` of the metadata, the FAISS index and ``embeddings.npy`` is image id ``i``.
 
@@ -18,14 +19,19 @@ the index path always names a complete version; elsewhere with two renames (``lo
 one moment between them, when only ``.NAME.old`` exists). A crash at any point leaves either the
 old or the new complete index. Every version's manifest carries a fresh ``version`` id, which
 readers check before and after loading (:class:`openalign.search.query.SearchIndex`), so a
-reader racing a swap reloads instead of mixing files of two versions.
+reader racing a swap reloads instead of mixing files of two versions. Writers (``build``, ``add``)
+take an exclusive lock on ``.NAME.lock`` beside the folder (it survives the swaps), so a second
+writer waits for the first and then reads the version it wrote: no addition is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import json
+import logging
 import math
 import os
 import shutil
@@ -35,7 +41,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import faiss
 import numpy as np
@@ -44,11 +50,12 @@ import pandas as pd
 from openalign.errors import UserError
 from openalign.io import atomic_write_text, fsync_dir
 from openalign.registry import Registry
-from openalign.search.tuning import tune
+from openalign.search.tuning import ArrayVectors, Vectors, fill_index, tune
 
+log = logging.getLogger(__name__)
 FORMAT = "openalign-index/1"
 MANIFEST, INDEX_FILE, EMBEDDINGS, METADATA = "manifest.json", "index.faiss", "embeddings.npy", "metadata.parquet"
-THUMBNAILS, CAPTIONS = "thumbnails.bin", "captions.faiss"
+THUMBNAILS, CAPTIONS, IVFDATA = "thumbnails.bin", "captions.faiss", "index.ivfdata"
 META_COLUMNS = ["id", "path", "url", "caption", "width", "height", "thumb_offset", "thumb_size"]
 
 
@@ -79,17 +86,30 @@ class IndexParams:
         "help": "tune nprobe/efSearch/rerank on held-out vectors for this recall@10 vs exact (0 = off)"})
     tune_queries: int = field(default=500, metadata={
         "help": "held-out vectors per tuning set (two sets: tune, then confirm on fresh ones)"})
+    on_disk: bool = field(default=False, metadata={  # automatic when the codes + ids exceed the budget
+        "help": "IVF-PQ with its inverted lists in index.ivfdata, memory-mapped when searched "
+                "(implies ivfpq; on by itself when the lists do not fit --memory-budget-mb)"})
 
-    def resolved(self, n: int, dim: int) -> "IndexParams":
+    def resolved(self, n: int, dim: int) -> IndexParams:
         """Fill the size-dependent fields (index type, nlist, pq_m) for ``n`` vectors of ``dim``."""
-        p = replace(self, index_type=choose_index_type(n, dim, self)) if self.index_type == "auto" else self
+        kind = self.index_type
+        if kind == "auto":
+            kind = "ivfpq" if self.on_disk else choose_index_type(n, dim, self)
+        p = replace(self, index_type=kind)
         if p.index_type not in INDEX_TYPES:
             raise UserError(f"--index-type: unknown {p.index_type!r}; use one of auto, {', '.join(INDEX_TYPES.names())}")
+        if p.on_disk and p.index_type != "ivfpq":
+            raise UserError(f"--on-disk: only IVF-PQ keeps its lists on disk; drop --index-type {p.index_type} "
+                            "or --on-disk")
         if p.index_type == "ivfpq":
             nlist = p.ivf_nlist or max(1, min(int(math.sqrt(max(n, 1))), n // 39))
             p = replace(p, ivf_nlist=nlist, pq_m=p.pq_m or default_pq_m(dim))
             if dim % p.pq_m:
                 raise UserError(f"--pq-m: {p.pq_m} does not divide the embedding dimension {dim}; pick a divisor")
+            if not p.on_disk and estimate_bytes("ivfpq", n, dim, p) > p.memory_budget_mb * 2**20:
+                log.info("IVF-PQ lists of %d vectors exceed --memory-budget-mb %s: writing them on disk", n,
+                         p.memory_budget_mb)
+                p = replace(p, on_disk=True)
         return p
 
 
@@ -97,15 +117,16 @@ def default_pq_m(dim: int) -> int:
     return max(m for m in range(1, dim + 1) if dim % m == 0 and dim // m >= 8) if dim >= 8 else dim
 
 
-def estimate_bytes(index_type: str, n: int, dim: int, p: IndexParams) -> int:
-    """RAM a searched index of ``n`` vectors needs (the float16 re-rank copy is memory-mapped, not counted)."""
+def estimate_bytes(index_type: str, n: int, dim: int, p: IndexParams, on_disk: bool = False) -> int:
+    """RAM a searched index of ``n`` vectors needs (the float16 re-rank copy is memory-mapped, not counted;
+    ``on_disk``: nor are IVF lists)."""
     if index_type == "flat":
         return n * dim * 4
     if index_type == "hnsw":
         return n * (dim * 4 + p.hnsw_m * 2 * 4 + 16)
     nlist = p.ivf_nlist or max(1, int(math.sqrt(max(n, 1))))
     code = (p.pq_m or default_pq_m(dim)) * p.pq_nbits // 8
-    return n * (code + 8) + nlist * dim * 4 + 256 * dim * 4
+    return (0 if on_disk else n * (code + 8)) + nlist * dim * 4 + 2**p.pq_nbits * dim * 4
 
 
 def choose_index_type(n: int, dim: int, p: IndexParams) -> str:
@@ -116,9 +137,11 @@ def choose_index_type(n: int, dim: int, p: IndexParams) -> str:
     for kind in ("hnsw", "ivfpq"):
         if estimate_bytes(kind, n, dim, p) <= budget:
             return kind
-    need = estimate_bytes("ivfpq", n, dim, p) / 2**20
-    raise UserError(f"--memory-budget-mb: {n} vectors of dim {dim} need at least {need:.0f} MB even as IVF-PQ; "
-                    "raise the budget or lower --pq-m")
+    if estimate_bytes("ivfpq", n, dim, p, on_disk=True) <= budget:
+        return "ivfpq"  # resolved() puts its lists on disk
+    need = estimate_bytes("ivfpq", n, dim, p, on_disk=True) / 2**20
+    raise UserError(f"--memory-budget-mb: {n} vectors of dim {dim} need at least {need:.0f} MB even as IVF-PQ "
+                    "with on-disk lists; raise the budget or lower --ivf-nlist")
 
 
 # -- index types: name -> factory(dim, vectors, params) -> trained, empty faiss index ----------
@@ -170,31 +193,142 @@ def apply_search_params(index: Any, p: IndexParams) -> None:
 
 
 def make_vector_index(vectors: np.ndarray, p: IndexParams) -> Any:
-    """Train (if needed) and fill a FAISS index of the resolved type with ``vectors`` (N, D)."""
+    """Train (if needed) and fill a FAISS index of the resolved type with ``vectors`` (N, D) in memory."""
     index = INDEX_TYPES.get(p.index_type)(vectors.shape[1], vectors, p)
     add_in_chunks(index, vectors)
     apply_search_params(index, p)
     return index
 
 
-def build_vector_index(vectors: np.ndarray, p: IndexParams) -> tuple[Any, IndexParams, dict | None]:
-    """:func:`make_vector_index`, then its search knobs tuned to ``p.target_recall`` (see ``tuning``).
+def train_empty_index(src: Vectors, dim: int, p: IndexParams) -> Any:
+    """The resolved type's trained, empty index; IVF-PQ trains on a sample read row by row from ``src``."""
+    if p.index_type != "ivfpq":
+        return INDEX_TYPES.get(p.index_type)(dim, np.zeros((0, dim), np.float32), p)
+    n, size = len(src), train_sample_size(len(src), p)
+    ids = np.arange(n) if n <= size else np.sort(np.random.default_rng(p.seed).choice(n, size, replace=False))
+    return INDEX_TYPES.get("ivfpq")(dim, src.rows(ids), p)  # the same sample _make_ivfpq would draw
 
+
+def build_vector_index(vectors: np.ndarray | Vectors, p: IndexParams,
+                       workdir: Path | None = None) -> tuple[Any, IndexParams, dict | None]:
+    """Train, fill and tune a FAISS index over ``vectors``, an array or a :class:`Vectors` read by blocks.
+
+    Streamed: only the training sample, one block and the index itself are in memory; with
+    ``p.on_disk`` not even the index's lists (per-block lists merged into ``workdir/index.ivfdata``).
     Returns the index, the params with the chosen ``ivf_nprobe``/``hnsw_ef_search``/``rerank``, and
     the measurement for the manifest (None for exact search or ``target_recall <= 0``).
     """
+    src = ArrayVectors(vectors) if isinstance(vectors, np.ndarray) else vectors
     if not 0 <= p.target_recall <= 1:
         raise UserError(f"--target-recall: {p.target_recall} is not between 0 and 1 (0 = no tuning)")
-    if p.index_type not in ("hnsw", "ivfpq") or p.target_recall <= 0 or len(vectors) < 80:
-        return make_vector_index(vectors, p), p, None
-    index = INDEX_TYPES.get(p.index_type)(vectors.shape[1], vectors, p)  # trained on all, filled by tune()
-    t = tune(index, vectors, p.index_type, p.target_recall, queries=p.tune_queries, seed=p.seed,
-             min_rerank=max(1, p.rerank))
+    if p.on_disk and workdir is None:
+        raise ValueError("an on-disk index needs the folder its lists go to")
+    dim = int(src.rows(np.zeros(1, np.int64)).shape[1])
+    index = train_empty_index(src, dim, p)
+    disk = OnDiskFill(workdir) if p.on_disk else None
+    if p.index_type not in ("hnsw", "ivfpq") or p.target_recall <= 0 or len(src) < 80:
+        if disk is not None:
+            disk.fill(index, src, np.zeros(0, np.int64), final=True)
+        elif p.index_type == "ivfpq":
+            fill_index(index, src, np.zeros(0, np.int64))
+        else:
+            for _, block in src.blocks():
+                index.add(block)
+        apply_search_params(index, p)
+        return index, p, None
+    t = tune(index, src, p.index_type, p.target_recall, queries=p.tune_queries, seed=p.seed,
+             min_rerank=max(1, p.rerank), fill=disk and disk.fill, add=disk and disk.add)
     c = t.chosen
     p = replace(p, ivf_nprobe=c.nprobe or p.ivf_nprobe, hnsw_ef_search=c.ef_search or p.hnsw_ef_search,
                 rerank=c.rerank if p.index_type == "ivfpq" else p.rerank)
     apply_search_params(index, p)
     return index, p, t.to_dict()
+
+
+class OnDiskFill:
+    """Fill a trained, empty IVF index with its inverted lists on disk, never all codes in memory.
+
+    Each block goes into a copy of the empty index, written out (``.lists/``); the blocks' lists
+    are then merged into one file (faiss ``merge_from_multiple``, as ``contrib.ondisk.merge_ondisk``,
+    reading the block files memory-mapped) that becomes the index's lists. For tuning, the lists
+    without the held-out rows are merged into a scratch file first; :meth:`add` then writes the
+    held-out rows as one more block and merges everything into ``index.ivfdata`` (adding to merged
+    on-disk lists in place is not reliable in faiss 1.15: it corrupted ids here).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.dir, self.files = workdir, workdir / ".lists", []
+        self.empty: Any = None
+
+    def fill(self, index: Any, src: Vectors, held: np.ndarray, final: bool = False) -> None:
+        self.dir.mkdir(exist_ok=True)
+        self.empty = faiss.clone_index(index)
+        for start, block in src.blocks():
+            rows = np.arange(start, start + len(block), dtype=np.int64)
+            keep = ~np.isin(rows, held)
+            self._block(np.ascontiguousarray(block[keep]), rows[keep])
+        self._merge(index, self.workdir / IVFDATA if final else self.dir / "measure.ivfdata")
+
+    def add(self, index: Any, src: Vectors, ids: np.ndarray) -> None:
+        self._block(src.rows(ids), ids.astype(np.int64))
+        self._merge(index, self.workdir / IVFDATA)
+
+    def _block(self, x: np.ndarray, ids: np.ndarray) -> None:
+        part = faiss.clone_index(self.empty)
+        part.add_with_ids(x, ids)
+        self.files.append(str(self.dir / f"block-{len(self.files):06d}.faiss"))
+        faiss.write_index(part, self.files[-1])
+
+    def _merge(self, index: Any, target: Path) -> None:
+        ivf = faiss.extract_index_ivf(index)
+        owners, parts = [], faiss.InvertedListsPtrVector()
+        for f in self.files:
+            owners.append(faiss.read_index(f, faiss.IO_FLAG_MMAP))  # kept alive until merged
+            parts.push_back(faiss.extract_index_ivf(owners[-1]).invlists)
+        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(target))
+        total = lists.merge_from_multiple(parts.data(), parts.size(), False)
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()
+        index.ntotal = ivf.ntotal = total
+        del owners
+        if target.parent == self.workdir:  # the final lists: the block files are no longer needed
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def lists_in_memory(index: Any) -> Any:
+    """Move an IVF index's on-disk lists into memory (``index add`` extends a copy, never the live file)."""
+    ivf = faiss.try_extract_index_ivf(index) if not isinstance(index, (faiss.IndexFlat, faiss.IndexHNSW)) else None
+    if ivf is None or not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists):
+        return index
+    src, mem = ivf.invlists, faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    for lst in range(ivf.nlist):
+        size = src.list_size(lst)
+        if size:
+            mem.add_entries(lst, size, src.get_ids(lst), src.get_codes(lst))
+    ivf.replace_invlists(mem, True)
+    mem.this.disown()
+    return index
+
+
+def save_vector_index(index: Any, folder: Path, p: IndexParams) -> None:
+    """Write ``index.faiss`` (and, for ``p.on_disk``, its lists as ``index.ivfdata`` in ``folder``)."""
+    ivf = faiss.try_extract_index_ivf(index) if p.index_type == "ivfpq" else None
+    if ivf is not None and p.on_disk:
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        if not (isinstance(lists, faiss.OnDiskInvertedLists) and Path(lists.filename) == folder / IVFDATA):
+            disk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(folder / IVFDATA))
+            vec = faiss.InvertedListsPtrVector()
+            vec.push_back(ivf.invlists)
+            disk.merge_from_multiple(vec.data(), vec.size(), False)
+            ivf.replace_invlists(disk, True)
+            disk.this.disown()
+    faiss.write_index(index, str(folder / INDEX_FILE))
+
+
+def read_vector_index(folder: Path) -> Any:
+    """Load ``index.faiss``; on-disk lists are memory-mapped from the ``index.ivfdata`` beside it
+    (the file records the path it was built at, a temp folder since swapped in)."""
+    return faiss.read_index(str(Path(folder) / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
 def add_in_chunks(index: Any, vectors: np.ndarray, chunk: int = 65_536) -> None:
@@ -246,10 +380,51 @@ def write_index(out: str | Path, contents: IndexContents, created: str | None = 
     if len(contents.metadata) != n:
         raise ValueError(f"metadata has {len(contents.metadata)} rows for {n} vectors")
     params = contents.params.resolved(n, dim)
+    with index_lock(out):
+        return write_version(out, lambda tmp: _write_files(tmp, vectors, contents, params, created, vector_index),
+                             _before_swap)
+
+
+@contextlib.contextmanager
+def index_lock(out: str | Path) -> Iterator[None]:
+    """Hold the exclusive writer lock of the index at ``out``; a second writer waits here for the first.
+
+    The lock file sits beside the folder (``.NAME.lock``), not in it: every write swaps the folder
+    for a new one, and a lock inside would be a different file after each swap. The holder deletes
+    it on release (no file is left beside the index); a waiter that then gets the lock on the
+    deleted file notices (its inode is no longer the path's) and locks the current file instead.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path, waited = out.parent / f".{out.name}.lock", False
+    while True:
+        fh = open(path, "a+b")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not waited:
+                log.warning("%s: another `openalign index build/add` is writing this index; waiting for it", out)
+                waited = True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()  # the file was deleted by the writer we waited for: lock the new one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it: a waiter on this file retries
+        fh.close()
+
+
+def write_version(out: Path, write: Callable[[Path], dict], _before_swap: Callable[[Path], None] | None = None) -> dict:
+    """Run ``write(tmp)`` on a fresh sibling temp folder, then swap it in (the caller holds :func:`index_lock`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     try:
-        manifest = _write_files(tmp, vectors, contents, params, created, vector_index)
+        manifest = write(tmp)
         if _before_swap is not None:
             _before_swap(tmp)  # tests simulate a crash here
         swap_in(tmp, out)
@@ -261,8 +436,9 @@ def write_index(out: str | Path, contents: IndexContents, created: str | None = 
 
 def _write_files(tmp: Path, vectors: np.ndarray, c: IndexContents, p: IndexParams, created: str | None,
                  vector_index: Any) -> dict:
-    index, p, tuning = (vector_index, p, None) if vector_index is not None else build_vector_index(vectors, p)
-    faiss.write_index(index, str(tmp / INDEX_FILE))
+    index, p, tuning = ((vector_index, p, None) if vector_index is not None else
+                        build_vector_index(vectors, p, workdir=tmp))
+    save_vector_index(index, tmp, p)
     np.save(tmp / EMBEDDINGS, vectors.astype(np.float16))
     c.metadata.to_parquet(tmp / METADATA, index=False)
     (tmp / THUMBNAILS).write_bytes(c.thumbnails)
@@ -271,29 +447,42 @@ def _write_files(tmp: Path, vectors: np.ndarray, c: IndexContents, p: IndexParam
         cap = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
         cap.add_with_ids(np.ascontiguousarray(c.caption_vectors, dtype=np.float32), c.caption_ids.astype(np.int64))
         faiss.write_index(cap, str(tmp / CAPTIONS))
+    manifest = index_manifest(c.model, vectors.shape[1], len(vectors), p, tuning, created, c.stats,
+                              len(c.caption_vectors) if has_captions else 0)
+    finish_version(tmp, manifest)
+    return manifest
+
+
+def index_manifest(model: dict[str, Any], dim: int, count: int, p: IndexParams, tuning: dict | None,
+                   created: str | None, stats: dict[str, int], caption_count: int) -> dict:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest = {
         "format": FORMAT,
-        "model": c.model,
-        "dim": int(vectors.shape[1]),
-        "count": int(len(vectors)),
+        "model": model,
+        "dim": int(dim),
+        "count": int(count),
         "index_type": p.index_type,
         "index_params": asdict(p),
         "metric": "inner_product (cosine on L2-normalised vectors)",
-        "captions_indexed": bool(has_captions),
-        "caption_count": int(len(c.caption_vectors)) if has_captions else 0,
+        "captions_indexed": caption_count > 0,
+        "caption_count": int(caption_count),
         "created": created or now,
         "updated": now,
         "version": uuid.uuid4().hex,  # unique per written version: readers detect a swap mid-load
-        "stats": c.stats,
+        "stats": stats,
     }
     if tuning is not None:  # achieved recall@k on held-out vectors and the chosen search knobs
         manifest["tuning"] = tuning
+    return manifest
+
+
+def finish_version(tmp: Path, manifest: dict) -> None:
+    """Write the manifest last and fsync every file of the version."""
     atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    return manifest
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def swap_in(tmp: Path, out: Path) -> None:
@@ -381,7 +570,16 @@ def read_contents(path: str | Path) -> IndexContents:
 
 def append_contents(path: str | Path, new: IndexContents,
                     _before_swap: Callable[[Path], None] | None = None) -> dict:
-    """Append ``new`` (ids from 0) to the index at ``path`` without retraining its vector index."""
+    """Append ``new`` (ids from 0) to the index at ``path`` without retraining its vector index.
+
+    Holds the index's writer lock from reading the current version to swapping in the new one, so
+    two concurrent appends run one after the other and both additions are kept.
+    """
+    with index_lock(path):
+        return _append_locked(path, new, _before_swap)
+
+
+def _append_locked(path: str | Path, new: IndexContents, _before_swap: Callable[[Path], None] | None) -> dict:
     d = resolve_index_dir(path)
     m = read_manifest(d)
     if new.vectors.shape[1] != m["dim"]:
@@ -399,9 +597,11 @@ def append_contents(path: str | Path, new: IndexContents,
         caption_ids=_concat_opt(old.caption_ids, None if new.caption_ids is None else new.caption_ids + n0),
         stats={k: old.stats.get(k, 0) + new.stats.get(k, 0) for k in set(old.stats) | set(new.stats)},
     )
-    index = faiss.read_index(str(d / INDEX_FILE))
+    index = lists_in_memory(read_vector_index(d))  # on-disk lists: extend a copy, the live file stays as is
     add_in_chunks(index, new.vectors)
-    return write_index(path, merged, created=m.get("created"), vector_index=index, _before_swap=_before_swap)
+    params = merged.params.resolved(len(merged.vectors), merged.vectors.shape[1])
+    return write_version(Path(path), lambda tmp: _write_files(tmp, merged.vectors, merged, params, m.get("created"),
+                                                              index), _before_swap)
 
 
 def _concat_opt(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:

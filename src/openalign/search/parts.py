@@ -39,9 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import faiss
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from tqdm.auto import tqdm
 
 from openalign.errors import UserError
 from openalign.io import atomic_write_text, atomic_write_with
@@ -51,10 +55,19 @@ from openalign.media.shards import (
 from openalign.models.embed import compute_identity, embed_batches, model_identity
 from openalign.search.build import load_encoder
 from openalign.search.index import (
+    CAPTIONS,
+    EMBEDDINGS,
+    METADATA,
+    THUMBNAILS,
     IndexContents,
     IndexParams,
+    build_vector_index,
+    finish_version,
+    index_lock,
+    index_manifest,
     normalise_metadata,
-    write_index,
+    save_vector_index,
+    write_version,
 )
 from openalign.search.sources import (
     Record,
@@ -63,6 +76,7 @@ from openalign.search.sources import (
     parquet_records,
     shard_items,
 )
+from openalign.search.tuning import NpyVectors
 
 log = logging.getLogger(__name__)
 
@@ -495,6 +509,37 @@ def embed_to_parts(out: str | Path, model_dir: str | Path | None = None, images:
             "captions": sum(c["captions"] for c in mine), "skipped": dict(skipped), "out": str(out)}
 
 
+def write_vector_parts(out: str | Path, model: dict[str, Any], count: int, part_size: int,
+                       parts: Iterator[tuple[np.ndarray, pd.DataFrame | None]], dtype: str = "float16") -> dict:
+    """Write vectors computed elsewhere as an embeddings folder that ``index build --embeddings`` reads.
+
+    ``parts`` yields ``(vectors (n, D), metadata or None)`` for rows ``[k * part_size, ...)`` in order,
+    ``part_size`` rows each but the last, ``count`` rows in all; metadata may hold path, url,
+    caption, width, height. Used by the benchmarks and tests to index millions of vectors without a model.
+    """
+    out = Path(out)
+    dim = int(model["dim"])
+    spec = {"format": FORMAT, "model": model, "dim": dim, "dtype": dtype,
+            "source": {"kind": "vectors", "spec": "", "count": int(count), "fingerprint": ""},
+            "world_size": 1, "part_size": int(part_size), "captions": False, "thumb_size": 0}
+    progress = _open_run(out, spec, 0, resume=False)
+    for k, (v, meta) in enumerate(parts):
+        name, n = part_name(0, k), len(v)
+        rows = [{"gid": k * part_size + i} for i in range(n)]
+        table = parts_metadata(rows)
+        if meta is not None:
+            for col in ("path", "url", "caption", "width", "height"):
+                if col in meta:
+                    table[col] = meta[col].to_numpy()
+        _save_npy(out / IMG_DIR / f"{name}.npy", np.asarray(v).astype(dtype))
+        atomic_write_with(out / META_DIR / f"{name}.parquet", lambda tmp, t=table: t.to_parquet(tmp, index=False))
+        progress["parts"][name] = {"images": n, "captions": 0, "skipped": {}, "model": model_key(model),
+                                   "compute": {}}
+    progress["done"] = True
+    write_progress(out, 0, progress)
+    return refresh_summary(out)
+
+
 # ---------------------------------------------------------------- reading and indexing
 
 
@@ -509,16 +554,22 @@ class PartsData:
     stats: dict[str, int]
 
 
-def read_parts(emb: str | Path) -> PartsData:
-    """Load a complete embeddings folder; a clear error when parts are missing or from another model."""
-    emb = Path(emb)
-    m = read_parts_manifest(emb)
+def complete_parts(emb: Path, m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every part's counts; a clear error when parts are missing or from another model."""
     missing, done = collect_parts(emb, m)
     if missing:
         ranks = sorted({int(n.split("-")[1]) for n in missing})
         raise UserError(f"--embeddings {emb}: {len(missing)} of {len(missing) + len(done)} parts missing "
                         f"(first {missing[0]}; ranks {', '.join(map(str, ranks))}); run `openalign embed` for those "
                         f"ranks again with --world-size {m['world_size']} (it resumes)")
+    return done
+
+
+def read_parts(emb: str | Path) -> PartsData:
+    """Load a complete embeddings folder into memory (every vector as float32: small collections, tests)."""
+    emb = Path(emb)
+    m = read_parts_manifest(emb)
+    done = complete_parts(emb, m)
     dim = int(m["dim"])
     vecs, texts, metas = [], [], []
     stats: Counter = Counter()
@@ -558,6 +609,121 @@ def contents_from_parts(data: PartsData, params: IndexParams = IndexParams()) ->
                          thumbnails=b"".join(thumbs), caption_vectors=cap_vecs, caption_ids=cap_ids, stats=data.stats)
 
 
-def build_index_from_parts(emb: str | Path, out: str | Path, params: IndexParams = IndexParams()) -> dict:
-    """``index build --embeddings``: merge every rank's parts into a new index at ``out`` (atomic)."""
-    return write_index(out, contents_from_parts(read_parts(emb), params))
+STREAM_CHUNK = 65_536  # rows per block when the index is filled and tuned from its float16 copy
+META_SCHEMA = pa.schema([("id", pa.int64()), ("path", pa.string()), ("url", pa.string()), ("caption", pa.string()),
+                         ("width", pa.int64()), ("height", pa.int64()), ("thumb_offset", pa.int64()),
+                         ("thumb_size", pa.int64())])
+
+
+def build_index_from_parts(emb: str | Path, out: str | Path, params: IndexParams = IndexParams(),
+                           chunk: int = STREAM_CHUNK) -> dict:
+    """``index build --embeddings``: stream every rank's parts into a new index at ``out`` (atomic).
+
+    No step holds all the vectors. Pass 1 copies the parts, in gid order, into the new version's
+    float16 ``embeddings.npy``, ``metadata.parquet`` and ``thumbnails.bin``, one part at a time.
+    The vector index then trains on a sample of rows read from that copy and is filled (and tuned:
+    exact neighbours by a streamed pass) ``chunk`` rows at a time, its lists in memory or, with
+    ``on_disk`` or when they exceed the memory budget, merged into ``index.ivfdata``. Gives the
+    index a build from :func:`read_parts` gives (bit for bit with float16 parts, the default).
+    """
+    emb, out = Path(emb), Path(out)
+    m = read_parts_manifest(emb)
+    done = complete_parts(emb, m)
+    parts = ordered_parts(emb, m, done)
+    n, dim = sum(c for _, c in parts), int(m["dim"])
+    if n == 0:
+        raise UserError(f"--embeddings {emb}: no images in any part (every source item was skipped); "
+                        "check the source given to `openalign embed`")
+    p = params.resolved(n, dim)
+    with index_lock(out):
+        return write_version(out, lambda tmp: _write_from_parts(tmp, emb, m, parts, done, p, chunk))
+
+
+def ordered_parts(emb: Path, m: dict[str, Any], done: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
+    """(part name, images) in gid order. Parts cover disjoint gid ranges (contiguous slices, or one
+    shard each), so sorting parts by their first gid orders every image, a part at a time."""
+    spans = []
+    for name in done:
+        gid = pq.read_table(emb / META_DIR / f"{name}.parquet", columns=["gid"])["gid"].to_numpy()
+        if len(gid):
+            spans.append((int(gid.min()), int(gid.max()), name, len(gid)))
+    spans.sort()
+    for a, b in zip(spans, spans[1:]):
+        if b[0] <= a[1]:
+            raise UserError(f"--embeddings {emb}: parts {a[2]} and {b[2]} overlap in gid; they come from different "
+                            "runs: re-embed into a new folder")
+    return [(name, count) for _, _, name, count in spans]
+
+
+def _write_from_parts(tmp: Path, emb: Path, m: dict[str, Any], parts: list[tuple[str, int]],
+                      done: dict[str, dict[str, Any]], p: IndexParams, chunk: int) -> dict:
+    n, dim = sum(c for _, c in parts), int(m["dim"])
+    captions = sum(int(c.get("captions", 0)) for c in done.values()) if m["captions"] else 0
+    cap, stats = _caption_index(captions, dim, p), Counter()
+    for c in done.values():  # a part whose images were all skipped is not in ``parts`` but counts here
+        for reason, k in c["skipped"].items():
+            stats[f"skipped_{reason}"] += k
+    copy = np.lib.format.open_memmap(tmp / EMBEDDINGS, mode="w+", dtype=np.float16, shape=(n, dim))
+    # The vector index reads the float16 copy; parts stored as float32 get a float32 scratch copy,
+    # so the index is the one an in-memory build of the same parts gives, to the bit.
+    scratch = tmp / ".vectors-float32.npy"
+    exact = (np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(n, dim))
+             if np.dtype(m.get("dtype", "float16")) != np.float16 else None)
+    row = thumb_at = 0
+    with pq.ParquetWriter(tmp / METADATA, META_SCHEMA) as meta_out, open(tmp / THUMBNAILS, "wb") as thumbs:
+        for name, count in tqdm(parts, desc="index: copy parts", unit="part"):
+            v, meta, text = _read_part(emb, m, name, dim)
+            copy[row : row + count] = v
+            copy.flush()  # written pages go back to the file: the copy never sits in this process's memory
+            if exact is not None:
+                exact[row : row + count] = v
+                exact.flush()
+            blobs = [bytes(t) if t is not None else b"" for t in meta["thumb"]]
+            sizes = np.array([len(b) for b in blobs], dtype=np.int64)
+            offsets = np.where(sizes > 0, thumb_at + np.cumsum(sizes) - sizes, -1)
+            thumbs.write(b"".join(blobs))
+            thumb_at += int(sizes.sum())
+            table = normalise_metadata(meta[["path", "url", "caption", "width", "height"]]
+                                       .assign(thumb_offset=offsets, thumb_size=sizes), start_id=row)
+            meta_out.write_table(pa.Table.from_pandas(table, schema=META_SCHEMA, preserve_index=False))
+            if cap is not None and text is not None:
+                has = np.flatnonzero(table["caption"].notna().to_numpy())
+                if len(has):
+                    cap.add_with_ids(np.ascontiguousarray(text[has], dtype=np.float32), has.astype(np.int64) + row)
+            row += count
+    del copy, exact
+    stats["indexed"] = n
+    index, p, tuning = build_vector_index(NpyVectors(scratch if scratch.exists() else tmp / EMBEDDINGS, chunk), p,
+                                          workdir=tmp)
+    scratch.unlink(missing_ok=True)
+    save_vector_index(index, tmp, p)
+    caps = int(cap.ntotal) if cap is not None else 0
+    if caps:
+        faiss.write_index(cap, str(tmp / CAPTIONS))
+    manifest = index_manifest(m["model"], dim, n, p, tuning, None, dict(stats), caps)
+    finish_version(tmp, manifest)
+    return manifest
+
+
+def _read_part(emb: Path, m: dict[str, Any], name: str, dim: int) -> tuple[np.ndarray, pd.DataFrame, np.ndarray | None]:
+    """One part's vectors, metadata and caption vectors, sorted by gid."""
+    v = np.load(emb / IMG_DIR / f"{name}.npy")
+    meta = pd.read_parquet(emb / META_DIR / f"{name}.parquet")
+    if v.ndim != 2 or v.shape[1] != dim or len(v) != len(meta):
+        raise UserError(f"--embeddings {emb}: {IMG_DIR}/{name}.npy has shape {v.shape}, expected "
+                        f"({len(meta)}, {dim}); re-embed that part's rank")
+    order = np.argsort(meta["gid"].to_numpy(), kind="stable")
+    text = np.load(emb / TEXT_DIR / f"{name}.npy")[order] if m["captions"] else None
+    return v[order], meta.iloc[order].reset_index(drop=True), text
+
+
+def _caption_index(count: int, dim: int, p: IndexParams) -> Any:
+    """The exact caption index (float32, in memory), or None when there are no captions or they exceed
+    the memory budget (image -> caption queries are then refused; the image index is unaffected)."""
+    if not count:
+        return None
+    if count * dim * 4 > p.memory_budget_mb * 2**20:
+        log.warning("%d caption vectors (%.0f MB) exceed --memory-budget-mb %s: captions not indexed", count,
+                    count * dim * 4 / 2**20, p.memory_budget_mb)
+        return None
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))

@@ -46,6 +46,7 @@ from openalign.search.index import (
     IndexParams,
     apply_search_params,
     read_manifest,
+    read_vector_index,
     resolve_index_dir,
 )
 
@@ -169,7 +170,7 @@ class SearchIndex:
         self.manifest = read_manifest(d)
         fields = {k: v for k, v in self.manifest["index_params"].items() if k in IndexParams.__dataclass_fields__}
         self.params = params or IndexParams(**fields)
-        self.index = faiss.read_index(str(d / INDEX_FILE))
+        self.index = read_vector_index(d)  # IVF lists on disk are memory-mapped
         apply_search_params(self.index, self.params)
         self.embeddings = np.load(d / EMBEDDINGS, mmap_mode="r")  # (N, D) float16
         self.meta = pd.read_parquet(d / METADATA)

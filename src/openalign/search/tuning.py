@@ -11,7 +11,9 @@ stored vectors). :func:`tune` picks them for a recall@k target at the lowest mea
    used as a query finds them far more easily than a new query does (measured: 0.95 held-in vs
    0.91 on new vectors). IVF holds out a random sample (ids kept with ``add_with_ids``); HNSW,
    whose ids are its insertion order, the last rows.
-2. Exact neighbours among the indexed rows by brute force (``faiss.knn``, no copy of the collection).
+2. Exact neighbours among the indexed rows by brute force, one streamed pass over blocks of rows
+   (``faiss.knn`` per block, merged in a ``faiss.ResultHeap``): the vectors may be a file
+   (:class:`NpyVectors`), never loaded whole.
 3. IVF: ``nprobe`` doubles from 1; one search per ``nprobe`` fetches ``k * max(RERANK_DEPTHS)``
    candidates and the exact re-scoring of every prefix gives recall for each re-rank depth at
    once. For each depth the smallest ``nprobe`` that meets the target (on the tuning set, minus
@@ -29,12 +31,66 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
 
 import faiss
 import numpy as np
+from tqdm.auto import tqdm
 
 from openalign.errors import UserError
+
+
+class Vectors(Protocol):
+    """Row-addressable (N, D) vectors: an array in memory, or a file read a block at a time."""
+
+    def __len__(self) -> int: ...
+
+    def rows(self, ids: np.ndarray) -> np.ndarray: ...  # (len(ids), D) float32, in the order asked
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]: ...  # (first row, (B, D) float32) in row order
+
+
+class ArrayVectors:
+    """:class:`Vectors` over an array (or a memory map) already open."""
+
+    def __init__(self, a: np.ndarray, chunk: int = 65_536) -> None:
+        self.a, self.chunk = a, chunk
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.a[ids], dtype=np.float32)
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for i in range(0, len(self.a), self.chunk):
+            yield i, np.ascontiguousarray(self.a[i : i + self.chunk], dtype=np.float32)
+
+
+class NpyVectors(ArrayVectors):
+    """:class:`Vectors` over an ``.npy`` file (the index's float16 copy): random rows from one memory
+    map (what the server re-ranks from), blocks each from a fresh map dropped after use, so a pass
+    over the file leaves no mapped pages behind in this process."""
+
+    def __init__(self, path: str | Path, chunk: int = 65_536) -> None:
+        self.path = Path(path)
+        super().__init__(np.load(self.path, mmap_mode="r"), chunk)
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        bar = tqdm(total=len(self.a), desc=f"index: pass over {self.path.name}", unit="row", leave=False,
+                   disable=len(self.a) <= self.chunk)
+        for i in range(0, len(self.a), self.chunk):
+            bar.update(min(self.chunk, len(self.a) - i))
+            mm = np.load(self.path, mmap_mode="r")
+            block = np.array(mm[i : i + self.chunk], dtype=np.float32)
+            del mm
+            yield i, block
+
+
+def as_vectors(v: np.ndarray | Vectors) -> Vectors:
+    return ArrayVectors(v) if isinstance(v, np.ndarray) else v
+
 
 RERANK_DEPTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidates = k * depth; 1 = approximate scores only
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
@@ -81,11 +137,29 @@ def holdout_ids(n: int, count: int, seed: int, tail: bool = False) -> tuple[np.n
     return ids[:count], ids[count:]
 
 
-def exact_neighbours(vectors: np.ndarray, ids: np.ndarray, k: int, held_out: np.ndarray) -> np.ndarray:
-    """(Q, k) exact inner-product neighbours of ``vectors[ids]`` among the rows not in ``held_out``."""
-    q = np.ascontiguousarray(vectors[ids], dtype=np.float32)
-    _, nn = faiss.knn(q, vectors, k + len(held_out), metric=faiss.METRIC_INNER_PRODUCT)
-    return drop_ids(nn, held_out, k)
+def exact_neighbours(vectors: np.ndarray | Vectors, ids: np.ndarray, k: int, held_out: np.ndarray) -> np.ndarray:
+    """(Q, k) exact inner-product neighbours of ``vectors[ids]`` among the rows not in ``held_out``.
+
+    One streamed pass: each block's own top-k (held-out rows removed first) merged into a running
+    top-k heap, so neither the collection nor a (Q, k + held-out) result is ever held.
+    """
+    src = as_vectors(vectors)
+    q = src.rows(ids)
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    held = np.sort(np.asarray(held_out, dtype=np.int64))
+    for start, block in src.blocks():
+        rows = np.arange(start, start + len(block), dtype=np.int64)
+        keep = ~np.isin(rows, held, assume_unique=True)
+        if not keep.any():
+            continue
+        d, i = faiss.knn(q, np.ascontiguousarray(block[keep]), min(k, int(keep.sum())),
+                         metric=faiss.METRIC_INNER_PRODUCT)
+        if i.shape[1] < k:  # a block smaller than k: pad so every result has k columns
+            d = np.pad(d, ((0, 0), (0, k - i.shape[1])), constant_values=-np.inf)
+            i = np.pad(i, ((0, 0), (0, k - i.shape[1])), constant_values=-1)
+        heap.add_result(np.ascontiguousarray(d, dtype=np.float32), np.where(i >= 0, rows[keep][i], -1))
+    heap.finalize()
+    return drop_ids(heap.I, held, k)
 
 
 def drop_ids(found: np.ndarray, drop: np.ndarray, k: int) -> np.ndarray:
@@ -102,7 +176,7 @@ def per_query_recall(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
     return np.array([len(set(f[:k].tolist()) & set(e.tolist())) / k for f, e in zip(found, exact)])
 
 
-def _rerank_prefixes(vectors: np.ndarray, q: np.ndarray, cand: np.ndarray, k: int,
+def _rerank_prefixes(vectors: Vectors, q: np.ndarray, cand: np.ndarray, k: int,
                      depths: tuple[int, ...]) -> dict[int, np.ndarray]:
     """For each depth d, the top-k by exact score among the first k*d candidates (as the server re-ranks)."""
     out = {d: np.full((len(q), k), -1, dtype=np.int64) for d in depths}
@@ -110,7 +184,7 @@ def _rerank_prefixes(vectors: np.ndarray, q: np.ndarray, cand: np.ndarray, k: in
         row = cand[r]
         valid = row >= 0
         exact = np.full(len(row), -np.inf, dtype=np.float32)
-        exact[valid] = vectors[row[valid]] @ q[r]
+        exact[valid] = vectors.rows(row[valid]) @ q[r]
         for d in depths:
             m = min(k * d, len(row))
             top = np.argsort(-exact[:m], kind="stable")[:k]
@@ -122,9 +196,9 @@ def _rerank_prefixes(vectors: np.ndarray, q: np.ndarray, cand: np.ndarray, k: in
 class _Evaluator:
     """Recall of a knob setting on a fixed query set (each query's own id dropped)."""
 
-    def __init__(self, index: Any, vectors: np.ndarray, ids: np.ndarray, k: int, held_out: np.ndarray) -> None:
+    def __init__(self, index: Any, vectors: Vectors, ids: np.ndarray, k: int, held_out: np.ndarray) -> None:
         self.index, self.vectors, self.ids, self.k = index, vectors, ids, k
-        self.q = np.ascontiguousarray(vectors[ids], dtype=np.float32)
+        self.q = vectors.rows(ids)
         self.exact = exact_neighbours(vectors, ids, k, held_out)
 
     def ivf(self, nprobe: int, depths: tuple[int, ...]) -> dict[int, np.ndarray]:
@@ -148,22 +222,34 @@ def _lower(rec: np.ndarray) -> float:
     return float(rec.mean() - MARGIN_SE * rec.std(ddof=1) / math.sqrt(len(rec))) if len(rec) > 1 else float(rec.mean())
 
 
-def tune(index: Any, vectors: np.ndarray, kind: str, target: float, k: int = 10, queries: int = 500,
-         seed: int = 0, min_rerank: int = 1, max_rerank: int = 128) -> Tuning:
+Filler = Callable[[Any, "Vectors", np.ndarray], None]  # (empty trained index, vectors, ids to leave out)
+Adder = Callable[[Any, "Vectors", np.ndarray], None]  # (filled index, vectors, ids to add now)
+
+
+def tune(index: Any, vectors: np.ndarray | Vectors, kind: str, target: float, k: int = 10, queries: int = 500,
+         seed: int = 0, min_rerank: int = 1, max_rerank: int = 128, fill: Filler | None = None,
+         add: Adder | None = None) -> Tuning:
     """Choose ``nprobe``/``efSearch``/re-rank depth for recall@k >= ``target`` at the lowest p50 latency.
 
     ``index`` is the trained, EMPTY faiss index for ``vectors`` (row i = id i); ``kind`` is ``hnsw``
     or ``ivfpq``. It is filled here: every row but the held-out ones, then (after measuring) those.
     Re-rank depths run from ``min_rerank`` (a floor: the server fetches ``k * rerank`` candidates,
     so a query with k < 10 gets fewer than were tuned) to ``max_rerank``. Raises
-    :class:`UserError` when the target is out of reach of this index.
+    :class:`UserError` when the target is out of reach of this index. ``vectors`` may be a
+    :class:`Vectors` read a block at a time; ``fill`` and ``add`` replace the in-memory fill and the
+    final addition of the held-out rows (the on-disk build writes per-block inverted lists and
+    merges them).
     """
     t0 = time.perf_counter()
+    vectors = as_vectors(vectors)
     n = len(vectors)
     k = max(1, min(k, n - 1))
     tune_ids, fresh_ids = holdout_ids(n, queries, seed, tail=kind == "hnsw")
     held = np.concatenate([tune_ids, fresh_ids])
-    _fill(index, vectors, held, kind)
+    if kind == "hnsw":
+        _fill_hnsw(index, vectors, held)
+    else:
+        (fill or fill_index)(index, vectors, held)
     ev = _Evaluator(index, vectors, tune_ids, k, held)
     if kind == "hnsw":
         found = _tune_hnsw(ev, target)
@@ -177,28 +263,36 @@ def tune(index: Any, vectors: np.ndarray, kind: str, target: float, k: int = 10,
     chosen = timed[0]
     fresh = _Evaluator(index, vectors, fresh_ids, k, held) if len(fresh_ids) else ev
     chosen, recall = _confirm(fresh, chosen, target, nlist=_nlist(index), max_rerank=max_rerank)
-    _add(index, vectors, np.sort(held), kind)
+    if add is None:
+        _add(index, vectors, np.sort(held), kind)
+    else:
+        add(index, vectors, np.sort(held))
     set_knobs(index, chosen)
     return Tuning(target_recall=target, k=k, recall=recall, recall_queries=len(fresh.ids),
                   tuning_queries=len(tune_ids), chosen=chosen, candidates=timed,
                   seconds=time.perf_counter() - t0)
 
 
-def _fill(index: Any, vectors: np.ndarray, held: np.ndarray, kind: str, chunk: int = 65_536) -> None:
-    """Add every row but ``held`` (HNSW: ``held`` is the tail, so ids stay insertion order)."""
-    if kind == "hnsw":
-        for i in range(0, int(held.min()), chunk):
-            index.add(np.ascontiguousarray(vectors[i : min(i + chunk, int(held.min()))], dtype=np.float32))
-        return
-    keep = np.ones(len(vectors), dtype=bool)
-    keep[held] = False
-    for i in range(0, len(vectors), chunk):
-        rows = np.flatnonzero(keep[i : i + chunk]) + i
-        index.add_with_ids(np.ascontiguousarray(vectors[rows], dtype=np.float32), rows.astype(np.int64))
+def fill_index(index: Any, vectors: Vectors, held: np.ndarray) -> None:
+    """Add every row but ``held`` with its row number as id, a block at a time."""
+    held = np.sort(np.asarray(held, dtype=np.int64))
+    for start, block in vectors.blocks():
+        rows = np.arange(start, start + len(block), dtype=np.int64)
+        keep = ~np.isin(rows, held, assume_unique=True)
+        index.add_with_ids(np.ascontiguousarray(block[keep]), rows[keep])
 
 
-def _add(index: Any, vectors: np.ndarray, ids: np.ndarray, kind: str) -> None:
-    x = np.ascontiguousarray(vectors[ids], dtype=np.float32)
+def _fill_hnsw(index: Any, vectors: Vectors, held: np.ndarray) -> None:
+    """HNSW ids are insertion order: ``held`` is the tail, every row before it is added in order."""
+    stop = int(held.min())
+    for start, block in vectors.blocks():
+        if start >= stop:
+            break
+        index.add(np.ascontiguousarray(block[: stop - start]))
+
+
+def _add(index: Any, vectors: Vectors, ids: np.ndarray, kind: str) -> None:
+    x = vectors.rows(ids)
     if kind == "hnsw":
         index.add(x)  # the tail, in order
     else:
@@ -263,7 +357,7 @@ def set_knobs(index: Any, c: Choice) -> None:
         faiss.extract_index_ivf(index).nprobe = c.nprobe
 
 
-def _timed(index: Any, vectors: np.ndarray, c: Choice, k: int, q: np.ndarray) -> Choice:
+def _timed(index: Any, vectors: Vectors, c: Choice, k: int, q: np.ndarray) -> Choice:
     """Single-query p50/p99 of one setting, searched and re-ranked the way the server does."""
     set_knobs(index, c)
     ms = []
@@ -272,7 +366,7 @@ def _timed(index: Any, vectors: np.ndarray, c: Choice, k: int, q: np.ndarray) ->
         if c.rerank > 1:
             _, cand = index.search(row, min(k * c.rerank, index.ntotal))
             cc = np.sort(cand[0][cand[0] >= 0])
-            s = vectors[cc] @ row[0]
+            s = vectors.rows(cc) @ row[0]
             cc[np.argsort(-s, kind="stable")[:k]]
         else:
             index.search(row, k)
