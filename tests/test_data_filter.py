@@ -5,16 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import re
 import shutil
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from filter_helpers import reference_tokens
 
-from openalign.corpus.filter import RULES, TextFilterConfig, filter_pairs, format_stats_table
+from openalign.corpus.filter import (
+    RULES,
+    TextFilterConfig,
+    filter_pairs,
+    format_stats_table,
+)
 from openalign.errors import UserError
 
 SMALL = TextFilterConfig(max_images_per_text=3, max_texts_per_image=4, vocab_top_n=150, min_unigrams=2, max_unigrams=6)
@@ -44,23 +48,7 @@ def _gen(n: int = 1500, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["url", "alt", "page_url"])  # cc2dataset naming
 
 
-def _simple_lower(c: str) -> str:
-    """One code point to one: Python's lower() except where it is the full (multi-point) mapping."""
-    low = c.lower()
-    return {"\u0130": "i"}.get(c, low if len(low) == 1 else c)
-
-
-def _toks(t: str) -> list[str]:
-    """The module doc's tokenisation, char by char: NFC, simple lower-case, runs of letters/marks/numbers."""
-    out, cur = [], ""
-    for c in unicodedata.normalize("NFC", t):
-        c = _simple_lower(c)
-        if unicodedata.category(c)[0] in "LMN":
-            cur += c
-        elif cur:
-            out.append(cur)
-            cur = ""
-    return out + [cur] if cur else out
+_toks = reference_tokens  # the char-by-char tokenisation of the module doc
 
 
 def _grams(t: str) -> list[str]:

@@ -14,25 +14,16 @@ import unicodedata
 
 import duckdb
 import pytest
+from filter_helpers import reference_tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openalign.corpus.filter import DUCKDB, alt_text_grams, alt_text_tokens, normalize_alt_text
-
-
-def _reference_tokens(text: str) -> list[str]:
-    """Written from the definition, one code point at a time (independent of the library's regex)."""
-    out, cur = [], ""
-    for c in unicodedata.normalize("NFC", text):
-        low = c.lower()
-        c = "i" if c == "\u0130" else (low if len(low) == 1 else c)  # the simple (1:1) mapping
-        if unicodedata.category(c)[0] in "LMN":
-            cur += c
-        elif cur:
-            out.append(cur)
-            cur = ""
-    return out + [cur] if cur else out
-
+from openalign.corpus.filter import (
+    DUCKDB,
+    alt_text_grams,
+    alt_text_tokens,
+    normalize_alt_text,
+)
 
 _CON = duckdb.connect()
 
@@ -55,7 +46,7 @@ ascii_texts = st.lists(st.text(alphabet="abcXYZ019", min_size=1, max_size=5), mi
 @given(st.lists(st.one_of(alt_texts, ascii_texts, st.text()), min_size=1, max_size=20))
 def test_duckdb_python_and_reference_agree(texts: list[str]) -> None:
     texts = [t for t in texts if not any(0xD800 <= ord(c) <= 0xDFFF for c in t)]
-    ref = [_reference_tokens(t) for t in texts]
+    ref = [reference_tokens(t) for t in texts]
     assert [alt_text_tokens(t) for t in texts] == ref
     assert _duckdb_tokens(texts) == ref
 
@@ -69,7 +60,7 @@ def test_duckdb_python_and_reference_agree(texts: list[str]) -> None:
     ("ＡＢＣ ｆｕｌｌ", ["ａｂｃ", "ｆｕｌｌ"]),  # no compatibility folding (NFC, not NFKC)
 ])
 def test_examples(text: str, tokens: list[str]) -> None:
-    assert alt_text_tokens(text) == tokens == _reference_tokens(text)
+    assert alt_text_tokens(text) == tokens == reference_tokens(text)
     assert _duckdb_tokens([text]) == [tokens]
 
 
@@ -96,4 +87,4 @@ def test_spark_tokens_match_duckdb() -> None:
     df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "i INT, t STRING")
     df.createOrReplaceTempView("tok_input")
     rows = spark.sql(f"SELECT i, {SPARK.tokens('t')} AS toks FROM tok_input ORDER BY i").collect()
-    assert [list(r.toks) for r in rows] == _duckdb_tokens(texts) == [_reference_tokens(t) for t in texts]
+    assert [list(r.toks) for r in rows] == _duckdb_tokens(texts) == [reference_tokens(t) for t in texts]

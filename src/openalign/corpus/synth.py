@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import webdataset as wds
@@ -412,33 +412,43 @@ class _ShardJob:
     colour_block: int = 0
 
 
-def _write_shard(job: _ShardJob) -> int:
-    """Write one shard atomically (a truncated tar would be read as a broken shard)."""
+def write_sample_shard(path: str, start: int, image_size: int, samples: Iterable[dict[str, Any]]) -> int:
+    """Write ``train_sample``-style dicts, keyed from ``start``, as one shard atomically (a truncated
+    tar would be read as a broken shard); both worlds write their shards through it."""
+    written = 0
+
     def write(tmp: str) -> None:
+        nonlocal written
         with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=0.0) as sink:
-            for k, noise in enumerate(job.noise):
-                i = job.start + k
-                s = train_sample(i, job.seed, noise, job.num_train, job.image_size, list(job.combos),
-                                 job.colour_block)
+            for i, s in enumerate(samples, start):
                 key = f"{i:09d}"
-                meta = {"key": key, "caption": s["caption"], "status": "success", "width": job.image_size,
-                        "height": job.image_size, **s["meta"]}
+                meta = {"key": key, "caption": s["caption"], "status": "success", "width": image_size,
+                        "height": image_size, **s["meta"]}
                 sink.write({"__key__": key, "jpg": s["image"], "txt": s["caption"].encode("utf-8"),
                             "json": json.dumps(meta).encode("utf-8")})
+                written += 1
 
-    atomic_write_with(job.path, write)
-    return len(job.noise)
+    atomic_write_with(path, write)
+    return written
 
 
-def _run_jobs(jobs: list[_ShardJob], workers: int, progress: Callable[[int], None] | None) -> None:
+def _write_shard(job: _ShardJob) -> int:
+    return write_sample_shard(job.path, job.start, job.image_size, (
+        train_sample(job.start + k, job.seed, noise, job.num_train, job.image_size, list(job.combos), job.colour_block)
+        for k, noise in enumerate(job.noise)))
+
+
+def run_shard_jobs(jobs: Sequence[Any], workers: int, progress: Callable[[int], None] | None,
+                   write: Callable[[Any], int] = _write_shard) -> None:
+    """Run ``write(job)`` for every shard job, in spawned worker processes when ``workers`` > 1."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            n = _write_shard(job)
+            n = write(job)
             if progress:
                 progress(n)
         return
     with get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-        for n in pool.imap_unordered(_write_shard, jobs):
+        for n in pool.imap_unordered(write, jobs):
             if progress:
                 progress(n)
 
@@ -558,7 +568,7 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
     jobs = [_ShardJob(str(train_dir / f"{k:05d}.tar"), start, tuple(plan[start:start + shard_size]), seed,
                       num_train, image_size, tuple(combos), colour_block)
             for k, start in enumerate(range(0, num_train, shard_size))]
-    _run_jobs(jobs, workers, progress)
+    run_shard_jobs(jobs, workers, progress)
     heldout_json = write_heldout(root / "heldout", num_heldout, seed, image_size, held or combos)
     counts = {"clean": plan.count("none"), **{k: plan.count(k) for k in NOISE_KINDS}}
     info = CorpusInfo(root=root, shards=shard_pattern(train_dir, len(jobs)), num_train=num_train,

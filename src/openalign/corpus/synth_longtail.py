@@ -34,11 +34,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
 from PIL import Image, ImageDraw
 
 from openalign.corpus.synth import (
@@ -49,7 +47,9 @@ from openalign.corpus.synth import (
     encode_jpeg,
     junk_caption,
     noise_plan,
+    run_shard_jobs,
     shard_pattern,
+    write_sample_shard,
 )
 from openalign.io import atomic_write_text, atomic_write_with
 
@@ -426,32 +426,9 @@ class _ShardJob:
 
 
 def _write_shard(job: _ShardJob) -> int:
-    """Write one shard atomically (a truncated tar would be read as a broken shard)."""
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=0.0) as sink:
-            for k, noise in enumerate(job.noise):
-                i = job.start + k
-                s = train_sample(i, job.seed, noise, job.num_train, job.image_size, job.num_concepts, job.zipf_s)
-                key = f"{i:09d}"
-                meta = {"key": key, "caption": s["caption"], "status": "success", "width": job.image_size,
-                        "height": job.image_size, **s["meta"]}
-                sink.write({"__key__": key, "jpg": s["image"], "txt": s["caption"].encode("utf-8"),
-                            "json": json.dumps(meta).encode("utf-8")})
-
-    atomic_write_with(job.path, write)
-    return len(job.noise)
-
-
-def _run_jobs(jobs: list[_ShardJob], workers: int, progress: Callable[[int], None] | None) -> None:
-    if workers <= 1 or len(jobs) <= 1:
-        for n in map(_write_shard, jobs):
-            if progress:
-                progress(n)
-        return
-    with get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-        for n in pool.imap_unordered(_write_shard, jobs):
-            if progress:
-                progress(n)
+    return write_sample_shard(job.path, job.start, job.image_size, (
+        train_sample(job.start + k, job.seed, noise, job.num_train, job.image_size, job.num_concepts, job.zipf_s)
+        for k, noise in enumerate(job.noise)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,7 +603,7 @@ def generate_longtail(out: str | Path, num_train: int = 10000, num_heldout: int 
     jobs = [_ShardJob(str(train_dir / f"{k:05d}.tar"), start, tuple(plan[start:start + shard_size]), seed,
                       num_train, image_size, num_concepts, zipf_s)
             for k, start in enumerate(range(0, num_train, shard_size))]
-    _run_jobs(jobs, workers, progress)
+    run_shard_jobs(jobs, workers, progress, _write_shard)
     heldout_json = write_heldout(root / "heldout", num_heldout, seed, image_size, num_concepts, zipf_s)
     if zeroshot_per_class > 0:
         write_classification_split(root / "zeroshot", "object", zeroshot_per_class, seed, image_size,
