@@ -14,10 +14,13 @@ import torch
 from eval_helpers import WORDS, save_tiny_model
 
 from openalign.models.bundle import (
+    INT8_TEXT_MIN_WEIGHTS,
     ModelBundle,
     build_text_path,
+    cpu_has_native_bf16,
     load_bundle,
     resolve_precision,
+    text_linear_weights,
 )
 from openalign.models.embed import cache_key, compute_identity
 from openalign.models.tokenizer import tokenize
@@ -87,8 +90,8 @@ def test_padding_to_a_query_bucket_keeps_the_embedding(model_dir):
 
 def test_options_round_trip_and_validate(model_dir):
     b = load_bundle(model_dir, image_precision="auto", text_precision="auto", compile_text=False)
-    assert b.image_precision == "fp32"  # bf16 images are opt-in (not yet shown R@1-safe)
-    assert b.text_precision in ("fp32", "bf16")
+    assert b.image_precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert b.text_precision == "fp32"  # a small text tower: fp32 is its fastest query path
     assert b.image_precision == resolve_precision("auto", "image", "cpu")
     settings = b.compute_settings()
     assert settings["image_precision"] == b.image_precision and settings["text_precision"] == b.text_precision
@@ -102,6 +105,23 @@ def test_options_round_trip_and_validate(model_dir):
         load_bundle(model_dir, image_precision="int8")  # int8 is a text-tower option only
     with pytest.raises(ValueError, match="precision"):
         load_bundle(model_dir, text_precision="fp16")
+
+
+def test_auto_text_precision_follows_the_tower_size(model_dir):
+    """auto: int8 for a text tower whose linear weights pass the threshold (BERT-base), else fp32;
+    fp32 on GPUs (they use bf16 autocast); the count is of the text tower's linear layers only."""
+    b = load_bundle(model_dir)
+    text = b.model.align.text_model
+    expected = sum(m.weight.numel() for m in text.modules() if isinstance(m, torch.nn.Linear))
+    assert text_linear_weights(b.model) == expected > 0
+    big, small = INT8_TEXT_MIN_WEIGHTS, INT8_TEXT_MIN_WEIGHTS - 1
+    want_big = "int8" if torch.backends.quantized.supported_engines != ["none"] else "fp32"
+    assert resolve_precision("auto", "text", "cpu", big) == want_big
+    assert resolve_precision("auto", "text", "cpu", None) == want_big  # unknown size: assume large
+    assert resolve_precision("auto", "text", "cpu", small) == "fp32"
+    assert resolve_precision("auto", "text", "cuda", big) == "fp32"
+    assert resolve_precision("auto", "image", "cuda") == "fp32"
+    assert resolve_precision("bf16", "text", "cpu", small) == "bf16"  # explicit choices are kept
 
 
 def test_cache_key_separates_image_precisions(model_dir):

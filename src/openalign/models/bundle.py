@@ -13,10 +13,13 @@ on a CPU (measured in ``bench/embed_throughput.py`` and ``bench/query_latency.py
 - text tower: ``"fp32"``, ``"bf16"`` (a bf16 copy of the weights: a short query is bound by
   reading the weights, so half the bytes is about half the time) or ``"int8"`` (dynamic
   quantisation of BERT's linear layers, a quarter of the bytes).
-- ``"auto"`` picks the fast setting measured safe on this kind of machine: bf16 for the text tower
-  where the CPU has native bf16 (AVX512-BF16/AMX; cosine to fp32 >= 0.9999 on BERT-base), fp32
-  for the image tower. bf16 images are about 2x faster on such CPUs but not yet shown to keep R@1
-  within 0.5 points (on random weights 1 of 48 nearest neighbours changed), so they are opt-in.
+- ``"auto"`` picks the fast setting measured safe on this kind of machine (``bench/precision_recall.py``
+  checks held-out R@1 of a trained model in every precision against fp32):
+  text tower on a CPU: int8 where its linear layers are large enough that a query is bound by
+  reading their weights (BERT-base: 85M weights; query 3.4x faster than fp32 and 1.5x faster than
+  bf16 here), fp32 for small towers (the ``tiny`` preset's 2-layer BERT: fp32 is fastest);
+  image tower on a CPU with native bf16 (AVX512-BF16/AMX): bf16 autocast (about 2x on ``b3-mini``),
+  else fp32. On a GPU ``auto`` is fp32 (use ``bf16=True``, autocast of both towers).
 
 The default stays ``"fp32"``: exact agreement with plain ``transformers.AlignModel`` is part of the
 model contract (``tests/test_interop.py``); ``encode_texts``/``encode_pixels`` take ``precision=``
@@ -54,14 +57,37 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, tower: str, device: str = "cpu") -> str:
-    """``"auto"`` -> the measured-safe fast setting for ``tower`` ("image"/"text") on ``device``."""
+# auto text precision: int8 from this many weights in the text tower's linear layers (BERT-base
+# has 85M, the tiny preset 0.4M). Below it a query is bound by Python and kernel overheads, not by
+# reading weights, and fp32 is the fastest (tiny: fp32 2.1 ms, int8 2.5 ms, bf16 3.0 ms per query).
+INT8_TEXT_MIN_WEIGHTS = 8_000_000
+
+
+def int8_available() -> bool:
+    """True where torch has a quantised CPU engine (fbgemm/x86 on x86, qnnpack on ARM)."""
+    return any(e != "none" for e in torch.backends.quantized.supported_engines)
+
+
+def text_linear_weights(model: torch.nn.Module) -> int:
+    """Number of weights in the linear layers of ``model``'s text tower (what int8 shrinks)."""
+    text = getattr(getattr(model, "align", None), "text_model", model)
+    if not isinstance(text, torch.nn.Module):
+        return 0
+    return sum(m.weight.numel() for m in text.modules() if isinstance(m, torch.nn.Linear))
+
+
+def resolve_precision(precision: str, tower: str, device: str = "cpu", text_weights: int | None = None) -> str:
+    """``"auto"`` -> the measured-safe fast setting for ``tower`` ("image"/"text") on ``device``
+    (``text_weights``: :func:`text_linear_weights` of the model; unknown = large)."""
     allowed = IMAGE_PRECISIONS if tower == "image" else TEXT_PRECISIONS
     if precision == "auto":
-        # GPUs: use bf16=True (autocast) as before; CPUs without native bf16 emulate it (slow)
-        if tower == "text" and torch.device(device).type == "cpu" and cpu_has_native_bf16():
-            return "bf16"
-        return "fp32"  # image: bf16 is opt-in until an R@1 check on a trained model (see module doc)
+        if torch.device(device).type != "cpu":
+            return "fp32"  # GPUs: bf16=True (autocast of both towers)
+        if tower == "text":
+            large = text_weights is None or text_weights >= INT8_TEXT_MIN_WEIGHTS
+            return "int8" if large and int8_available() else "fp32"
+        # CPUs without native bf16 emulate it (slower than fp32)
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     if precision not in allowed:
         raise ValueError(f"{tower} precision {precision!r}: expected one of {', '.join(allowed)} or 'auto'")
     return precision
@@ -113,10 +139,12 @@ class ModelBundle:
     compile_text: bool = False  # torch.compile (inductor, frozen weights) the text tower for single queries
     _text_paths: dict[str, TextPath] = field(default_factory=dict, repr=False)
     _compiled: dict[str, Any] = field(default_factory=dict, repr=False)
+    _text_weights: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
+        self._text_weights = text_linear_weights(self.model)
         self.image_precision = resolve_precision(self.image_precision, "image", self.device)
-        self.text_precision = resolve_precision(self.text_precision, "text", self.device)
+        self.text_precision = resolve_precision(self.text_precision, "text", self.device, self._text_weights)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -160,7 +188,7 @@ class ModelBundle:
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256, precision: str | None = None) -> torch.Tensor:
         """(N,) strings -> (N, D) float32 L2-normalised embeddings on the CPU (``precision``: this call only)."""
-        prec = resolve_precision(precision or self.text_precision, "text", self.device)
+        prec = resolve_precision(precision or self.text_precision, "text", self.device, self._text_weights)
         out = []
         for i in range(0, len(texts), batch_size):
             enc = tokenize(self.tokenizer, list(texts[i : i + batch_size]), self.max_text_len)

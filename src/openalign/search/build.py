@@ -110,8 +110,8 @@ def add_to_index(index_dir: str | Path, model_dir: str | Path | None = None, ima
     return append_contents(index_dir, contents)
 
 
-def load_encoder(model_dir: str | Path, device: str = "cpu", bf16: bool = False) -> Any:
+def load_encoder(model_dir: str | Path, device: str = "cpu", bf16: bool = False, image_precision: str = "fp32") -> Any:
     """The model bundle at ``model_dir`` (a clear error when it is not a folder)."""
     if not Path(model_dir).is_dir():
         raise UserError(f"--model {model_dir}: not a folder; pass a model directory written by `openalign train`")
-    return load_bundle(model_dir, device=device, bf16=bf16)
+    return load_bundle(model_dir, device=device, bf16=bf16, image_precision=image_precision)
