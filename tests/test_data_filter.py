@@ -236,6 +236,34 @@ def test_memory_limit_spills_to_temp_dir_and_keeps_the_result(tmp_path: Path) ->
     assert list(spill.iterdir()) == []  # DuckDB's spill files do not outlive the run
 
 
+def test_memory_limit_keeps_tables_in_a_database_file(tmp_path: Path, monkeypatch) -> None:
+    """Under a memory limit the intermediate tables go to a DuckDB file in the spill folder (stored
+    compressed), seen while the filter runs, counted in spilled_bytes and removed after."""
+    import openalign.corpus.filter as flt
+
+    src = tmp_path / "z.parquet"
+    _zipf(20_000).to_parquet(src)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    seen: list[int] = []
+    real = flt._spilled_bytes
+
+    def watch(con, folder):
+        db = folder / "filter.duckdb"
+        seen.append(db.stat().st_size if db.is_file() else -1)
+        return real(con, folder)
+
+    monkeypatch.setattr(flt, "_spilled_bytes", watch)
+    stats = filter_pairs(src, tmp_path / "o.parquet", TextFilterConfig(), threads=1, memory_limit="1GB", temp_dir=spill)
+    assert seen and min(seen) > 0 and stats.spilled_bytes >= max(seen)
+    assert list(spill.iterdir()) == []
+    free = filter_pairs(src, tmp_path / "free.parquet", TextFilterConfig(), threads=1)
+    assert _out(tmp_path / "o.parquet") == _out(tmp_path / "free.parquet")
+
+
 def test_bad_memory_limit_is_one_line(data: Path, tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
     with pytest.raises(UserError, match="--memory-limit 'lots'.*4GB"):
-        filter_pairs(data, tmp_path / "o.parquet", SMALL, memory_limit="lots")
+        filter_pairs(data, tmp_path / "o.parquet", SMALL, memory_limit="lots", temp_dir=spill)
+    assert list(spill.iterdir()) == []
