@@ -1,9 +1,10 @@
 """The end-to-end demo: synthetic noisy corpus -> tokenizer -> train ``tiny`` -> evaluations -> report.
 
 Runs in minutes on a 2-core laptop CPU and shows every stage of OpenALIGN on generated data. The
-evaluations use only colour+shape combinations never seen in training: text->image retrieval, and
-zero-shot shape and colour classification (so the report shows whether the model tells shapes
-apart, not only colours).
+evaluations use only colour+shape combinations never seen in training: text->image retrieval, shape
+accuracy with the colour given (each image ranks "a <its colour> <shape>" over the eight shapes: does
+the model tell shapes apart, not only colours?) and colour with the shape given, and zero-shot shape
+and colour classification (prompts naming one attribute only).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from openalign.apps.report import write_report
 from openalign.config import write_json_atomic
-from openalign.corpus.synth import ATTRIBUTES, generate_corpus, write_classification_split
+from openalign.corpus.synth import ATTRIBUTES, COLOURS, SHAPES, generate_corpus, write_classification_split
 from openalign.evals.base import EvalContext, run_evaluation
 from openalign.evals.classification import ZeroShotConfig
 from openalign.evals.metrics import topk_indices
@@ -108,20 +111,23 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     times["train"] = time.monotonic() - t
 
     t = time.monotonic()
-    print("[4/5] evaluating on held-out colour+shape combinations: retrieval, zero-shot shape and colour")
+    print("[4/5] evaluating on held-out colour+shape combinations: retrieval, shape given colour, zero-shot")
     bundle = load_bundle(result.model_dir)
     metrics = evaluate_retrieval(bundle, corpus.heldout_json, corpus.heldout_image_root, progress=False)
     chance = {k: 100.0 * min(1.0, int(k.split("@")[1]) / metrics["num_images"]) for k in metrics if "text_to_image_R@" in k}
+    given = heldout_accuracy_given_other(bundle, corpus.heldout_json, corpus.heldout_image_root)
     zeroshot = {a: zeroshot_accuracy(bundle, out / "data" / f"zeroshot-{a}", a, cfg) for a in ZEROSHOT_ATTRIBUTES}
     times["eval"] = time.monotonic() - t
 
     print("[5/5] example queries and the report")
     examples = example_queries(bundle, corpus.heldout_json, corpus.heldout_image_root,
                                example_queries_for(corpus.heldout_json))
-    summary = {"retrieval": metrics, "chance_text_to_image": chance, "zeroshot": zeroshot,
+    summary = {"retrieval": metrics, "chance_text_to_image": chance, "given_other": given, "zeroshot": zeroshot,
                "noise_counts": corpus.noise_counts,
                "train": json.loads((result.run_dir / "summary.json").read_text()), "seconds": times,
-               "examples": [{"query": q, "top": [h["file"] for h in hits]} for q, hits in examples]}
+               "examples": [{"query": q, "top": [h["file"] for h in hits],
+                             "hits": {a: sum(h["match"][a] for h in hits) for a in expected},
+                             "expected_knowing_other": expected} for q, hits, expected in examples]}
     write_json_atomic(out / "results.json", summary)
 
     write_report(out / "report.html", result.run_dir / "metrics.jsonl", summary, examples, corpus.heldout_image_root)
@@ -146,8 +152,48 @@ def zeroshot_accuracy(bundle, root: Path, attribute: str, cfg: DemoConfig) -> di
             "num_images": m["num_images"]}
 
 
+def combo_caption(colour: str, shape: str) -> str:
+    """The caption the example queries use for one colour+shape combination ("an orange diamond")."""
+    return _article(f"{colour} {shape}")
+
+
+def accuracy_given_other(image_emb: torch.Tensor, colours: Sequence[int], shapes: Sequence[int],
+                         combo_emb: torch.Tensor) -> dict[str, float]:
+    """Top-1 accuracy of one attribute when the other is given, on images of known (colour, shape).
+
+    ``combo_emb[c, s]`` embeds the caption of colour ``c`` and shape ``s`` (``combo_caption``). Shape
+    given colour: each image (colour c, shape s) is scored against the captions (c, s') of every
+    shape s' with its own, true colour c, and counts as right when (c, s) scores highest; colour
+    given shape likewise over (c', s). A model that knows only colour gets shape at chance (1 / number
+    of shapes) however well it knows colour, so this isolates shape the way the example query pairs
+    ("a green diamond" / "a green triangle") do. Ties count as wrong unless the true caption comes first.
+    """
+    c = torch.as_tensor(list(colours), dtype=torch.long)
+    s = torch.as_tensor(list(shapes), dtype=torch.long)
+    img = image_emb.float()
+    shape_scores = torch.einsum("nd,nkd->nk", img, combo_emb[c].float())  # (N, shapes): colour fixed
+    colour_scores = torch.einsum("nd,nkd->nk", img, combo_emb[:, s].transpose(0, 1).float())  # (N, colours)
+    n = max(1, len(c))
+    return {"shape": 100.0 * float((shape_scores.argmax(1) == s).sum()) / n,
+            "colour": 100.0 * float((colour_scores.argmax(1) == c).sum()) / n,
+            "chance_shape": 100.0 / combo_emb.shape[1], "chance_colour": 100.0 / combo_emb.shape[0],
+            "num_images": float(len(c))}
+
+
+def heldout_accuracy_given_other(bundle, karpathy_json: Path, image_root: Path) -> dict[str, float]:
+    """``accuracy_given_other`` on the held-out split (colour+shape combinations unseen in training)."""
+    entries = [e for e in json.loads(Path(karpathy_json).read_text())["images"] if "attributes" in e]
+    images = [Image.open(Path(image_root) / e["filename"]).convert("RGB") for e in entries]
+    img_emb = bundle.encode_images(images)
+    combo_emb = bundle.encode_texts([combo_caption(c, s) for c in COLOURS for s in SHAPES])
+    combo_emb = combo_emb.view(len(COLOURS), len(SHAPES), -1)
+    return accuracy_given_other(img_emb, [COLOURS.index(e["attributes"]["colour"]) for e in entries],
+                                [SHAPES.index(e["attributes"]["shape"]) for e in entries], combo_emb)
+
+
 def example_queries(bundle, karpathy_json: Path, image_root: Path, queries: tuple[str, ...], k: int = 5) -> list:
-    """Text -> top-k held-out images, with their clean attributes for the report."""
+    """Text -> top-k held-out images, with their clean attributes for the report: (query, hits,
+    ``expected_hits_knowing_other``) per query."""
 
     entries = json.loads(Path(karpathy_json).read_text())["images"]
     images = [Image.open(Path(image_root) / e["filename"]).convert("RGB") for e in entries]
@@ -163,7 +209,21 @@ def example_queries(bundle, karpathy_json: Path, image_root: Path, queries: tupl
             hits.append({"file": entries[j]["filename"], "score": float(txt_emb[qi] @ img_emb[j]),
                          "caption": entries[j]["sentences"][0]["raw"], "attributes": attrs,
                          "match": {a: attrs.get(a) in vals for a, vals in named.items()}})
-        out.append((q, hits))
+        out.append((q, hits, expected_hits_knowing_other(entries, named, len(hits))))
+    return out
+
+
+def expected_hits_knowing_other(entries: list[dict], named: dict[str, set[str]], k: int) -> dict[str, float]:
+    """How many of ``k`` top images would show the named shape (colour) if the model knew only the
+    colour (shape): ``k`` times the share of the named value among the images with the other named
+    value, e.g. green diamonds among the green held-out images for "a green diamond"."""
+    out = {}
+    for a, other in (("shape", "colour"), ("colour", "shape")):
+        if a not in named or other not in named:
+            continue
+        pool = [e["attributes"] for e in entries if e.get("attributes", {}).get(other) in named[other]]
+        if pool:
+            out[a] = k * sum(x.get(a) in named[a] for x in pool) / len(pool)
     return out
 
 
@@ -181,8 +241,16 @@ def print_summary(summary: dict) -> None:
     for name, key in (("image->text", "image_to_text"), ("text->image", "text_to_image")):
         print(f"{name:16}" + "".join(f"{m[f'{key}_R@{k}']:8.1f}" for k in (1, 5, 10)))
     print(f"{'chance t->i':16}" + "".join(f"{ch[f'text_to_image_R@{k}']:8.1f}" for k in (1, 5, 10)))
+    g = summary.get("given_other")
+    if g:
+        print(f"shape accuracy, colour given (held-out combos, 'a green diamond' vs 'a green triangle' ...): "
+              f"{g['shape']:.1f}% (chance {g['chance_shape']:.1f}%); colour, shape given: {g['colour']:.1f}% "
+              f"(chance {g['chance_colour']:.1f}%)")
     for attr, z in summary.get("zeroshot", {}).items():
         print(f"zero-shot {attr} accuracy (held-out combos): {z['top1']:.1f}% (chance {z['chance']:.1f}%, "
               f"{int(z['num_classes'])} classes)")
     for ex in summary["examples"]:
-        print(f"  {ex['query']!r:45} -> {', '.join(ex['top'][:3])}")
+        exp = ex.get("expected_knowing_other", {})
+        shape = (f"  (shape {ex['hits']['shape']}/{len(ex['top'])}, colour alone {exp['shape']:.1f})"
+                 if "shape" in exp and "shape" in ex.get("hits", {}) else "")
+        print(f"  {ex['query']!r:45} -> {', '.join(ex['top'][:3])}{shape}")
