@@ -53,12 +53,31 @@ class Job:
     noise_rate: float = BASE_NOISE
     overrides: dict = field(default_factory=dict)  # TrainConfig fields
     keep_model: bool = False
+    world: str = "toy"  # the testbed: "toy" (synth.py) or "long-tail" (synth_longtail.py)
+    corpus: str = ""  # train on out/corpora/<corpus> (prepared by the experiment, e.g. score-filtered) instead
+
 
     def key(self) -> str:
         ident = {"seed": self.seed, "steps": self.steps, "num_train": self.num_train,
                  "noise_rate": self.noise_rate, "overrides": self.overrides}
+        if self.world != "toy":  # toy keys are unchanged, so runs cached before worlds existed stay valid
+            ident["world"] = self.world
+        if self.corpus:
+            ident["corpus"] = self.corpus
         h = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
-        return f"n{self.num_train}-p{self.noise_rate:g}-s{self.seed}-{h}"
+        return f"{'' if self.world == 'toy' else self.world + '-'}n{self.num_train}-p{self.noise_rate:g}-s{self.seed}-{h}"
+
+
+WORLDS = ("toy", "long-tail")
+
+
+def with_world(jobs: Iterable[Job], world: str) -> list[Job]:
+    return [replace(j, world=world) for j in jobs]
+
+
+def named(name: str, world: str) -> str:
+    """Output name of an experiment on a testbed (the toy world keeps the plain name)."""
+    return name if world == "toy" else f"{name}-{world}"
 
 
 def base_train_config(steps: int):
@@ -72,30 +91,43 @@ def base_train_config(steps: int):
 # ---------------------------------------------------------------------------------------------
 # data (generated once, cached under the out dir)
 
-def corpus_dir(out: Path, num_train: int, noise_rate: float) -> Path:
-    return out / "corpora" / f"n{num_train}-p{noise_rate:g}"
+def corpus_dir(out: Path, num_train: int, noise_rate: float, world: str = "toy") -> Path:
+    return out / "corpora" / f"{'' if world == 'toy' else world + '-'}n{num_train}-p{noise_rate:g}"
 
 
-def ensure_corpus(out: Path, num_train: int, noise_rate: float) -> dict:
-    """Generate (once) a synthetic corpus; returns its stats.json (with ``shards``)."""
-    from openalign.corpus.synth import generate_corpus
-
-    root = corpus_dir(out, num_train, noise_rate)
+def ensure_corpus(out: Path, num_train: int, noise_rate: float, world: str = "toy") -> dict:
+    """Generate (once) a synthetic corpus of ``world``; returns its stats.json (with ``shards``).
+    The long-tail world's held-out split has 300 images too (100 per frequency stratum)."""
+    root = corpus_dir(out, num_train, noise_rate, world)
     stats = root / "stats.json"
     if not stats.is_file():
-        generate_corpus(root, num_train=num_train, num_heldout=NUM_HELDOUT, noise_rate=noise_rate,
-                        seed=CORPUS_SEED, workers=1)
+        if world == "long-tail":
+            from openalign.corpus.synth_longtail import generate_longtail
+
+            generate_longtail(root, num_train=num_train, num_heldout=NUM_HELDOUT, noise_rate=noise_rate,
+                              seed=CORPUS_SEED, workers=1, zeroshot_per_class=0)
+        elif world == "toy":
+            from openalign.corpus.synth import generate_corpus
+
+            generate_corpus(root, num_train=num_train, num_heldout=NUM_HELDOUT, noise_rate=noise_rate,
+                            seed=CORPUS_SEED, workers=1)
+        else:
+            raise ValueError(f"world {world!r}: expected one of {', '.join(WORLDS)}")
     return json.loads(stats.read_text())
 
 
-def ensure_world(out: Path) -> dict:
-    """Base corpus + shared tokenizer; returns paths."""
+def tokenizer_dir(out: Path, world: str = "toy") -> Path:
+    return out / ("tokenizer" if world == "toy" else f"tokenizer-{world}")
+
+
+def ensure_world(out: Path, world: str = "toy") -> dict:
+    """Base corpus + shared tokenizer of ``world``; returns paths."""
     from openalign.media.texts import iter_shard_texts
     from openalign.models.tokenizer import train_wordpiece
 
-    stats = ensure_corpus(out, BASE_NUM_TRAIN, BASE_NOISE)
-    root = corpus_dir(out, BASE_NUM_TRAIN, BASE_NOISE)
-    tok = out / "tokenizer"
+    stats = ensure_corpus(out, BASE_NUM_TRAIN, BASE_NOISE, world)
+    root = corpus_dir(out, BASE_NUM_TRAIN, BASE_NOISE, world)
+    tok = tokenizer_dir(out, world)
     if not (tok / "done").is_file():
         train_wordpiece(iter_shard_texts(stats["shards"]), tok, vocab_size=VOCAB_SIZE)
         (tok / "done").write_text("ok\n")
@@ -122,20 +154,27 @@ def run_one(spec: dict) -> dict:
     torch.set_num_threads(1)
     out, job = Path(spec["out"]), Job(**spec["job"])
     run_dir = out / "runs" / job.key()
-    stats = ensure_corpus(out, job.num_train, job.noise_rate)
-    base_root = corpus_dir(out, BASE_NUM_TRAIN, BASE_NOISE)
+    stats = ensure_corpus(out, job.num_train, job.noise_rate, job.world)
+    if job.corpus:
+        stats = json.loads((out / "corpora" / job.corpus / "stats.json").read_text())
+    base_root = corpus_dir(out, BASE_NUM_TRAIN, BASE_NOISE, job.world)
     t0 = time.monotonic()
     if run_dir.exists() and not (run_dir / "model" / "config.json").is_file():
         shutil.rmtree(run_dir / "train", ignore_errors=True)  # an interrupted run starts over
-    cfg = replace(base_train_config(job.steps), shards=stats["shards"], tokenizer=str(out / "tokenizer"),
+    cfg = replace(base_train_config(job.steps), shards=stats["shards"], tokenizer=str(tokenizer_dir(out, job.world)),
                   out=str(run_dir / "train"), seed=job.seed, **job.overrides)
     assert isinstance(cfg, TrainConfig)
     result = train(cfg)
     t_train = time.monotonic() - t0
     metrics = evaluate_retrieval(result.model_dir, _heldout_json(base_root), base_root / "heldout" / "images",
                                  progress=False)
+    strata = {}
+    if (base_root / "heldout" / "karpathy_strata.json").is_file():  # long-tail: head / torso / tail apart
+        for b in ("head", "torso", "tail"):
+            strata[b] = evaluate_retrieval(result.model_dir, base_root / "heldout" / "karpathy_strata.json",
+                                           base_root / "heldout" / "images", split=b, progress=False)
     curve = [json.loads(ln) for ln in (result.run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    record = {"key": job.key(), "job": asdict(job), "retrieval": metrics,
+    record = {"key": job.key(), "job": asdict(job), "retrieval": metrics, "strata": strata,
               "curve": [{k: r[k] for k in ("step", "loss", "temperature") if k in r} for r in curve],
               "final_temperature": curve[-1]["temperature"] if curve else None,
               "train_seconds": t_train, "seconds": time.monotonic() - t0,
@@ -182,9 +221,10 @@ def run_jobs(out: Path, jobs: Iterable[Job], parallel: int = 2,
     ``run=False``: only collect the cached ones."""
     out = Path(out)
     jobs = list({j.key(): j for j in jobs}.values())  # drop duplicates, keep order
-    ensure_world(out)
-    for nt, nr in sorted({(j.num_train, j.noise_rate) for j in jobs}):
-        ensure_corpus(out, nt, nr)  # generate corpora up front, not inside two racing jobs
+    for w in sorted({j.world for j in jobs}):
+        ensure_world(out, w)
+    for nt, nr, w in sorted({(j.num_train, j.noise_rate, j.world) for j in jobs}):
+        ensure_corpus(out, nt, nr, w)  # generate corpora up front, not inside two racing jobs
     records: dict[str, dict] = {}
     todo = []
     for j in jobs:
@@ -247,6 +287,9 @@ def summarise(records: list[dict], labels: list[str]) -> list[dict]:
             v = np.array([r["retrieval"][m] for r in rs])
             row[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, v.tolist())
         row["seeds"] = [r["job"]["seed"] for r in rs]
+        if all(r.get("strata") for r in rs):  # long-tail: the rarest concepts' retrieval apart
+            v = np.array([r["strata"]["tail"]["text_to_image_R@10"] for r in rs])
+            row["tail_R@10"] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, v.tolist())
         t = np.array([r["final_temperature"] for r in rs])
         row["temperature"] = (float(t.mean()), float(t.std(ddof=1)) if len(t) > 1 else 0.0, t.tolist())
         rows.append(row)
@@ -272,6 +315,9 @@ def markdown_table(rows: list[dict], paper: dict[str, str] | None = None, paper_
     """One row per config; the first row is the reference for the paired Δ column."""
     head = ["config", "seeds", "mean recall", "Δ mean recall vs first row, same seeds", "t→i R@1", "t→i R@10",
             "i→t R@1", "final T"]
+    tail = bool(rows) and all("tail_R@10" in r for r in rows)
+    if tail:
+        head.insert(6, "tail t→i R@10")
     if paper:
         head.append(paper_header)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -280,6 +326,8 @@ def markdown_table(rows: list[dict], paper: dict[str, str] | None = None, paper_
                  "—" if r is rows[0] else paired_delta(r, rows[0]), fmt(r["text_to_image_R@1"]),
                  fmt(r["text_to_image_R@10"]), fmt(r["image_to_text_R@1"]),
                  f"{r['temperature'][0]:.4f}"]
+        if tail:
+            cells.insert(6, fmt(r["tail_R@10"]))
         if paper:
             cells.append(paper.get(r["label"], ""))
         lines.append("| " + " | ".join(cells) + " |")
@@ -327,6 +375,9 @@ def common_args(parser, default_seeds: int = DEFAULT_SEEDS):
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--report-only", action="store_true", help="tables and plots from cached runs only")
+    parser.add_argument("--world", default="toy", choices=WORLDS,
+                        help="testbed: toy (8 colours x 8 shapes) or long-tail (384 Zipf-distributed concepts); "
+                             "outputs of another world than toy are named <experiment>-<world>")
     return parser
 
 
@@ -350,15 +401,16 @@ def single_factor(name: str, title: str, configs: list[tuple[str, dict]], paper:
     import argparse
 
     args = common_args(argparse.ArgumentParser(description=doc)).parse_args()
+    name = named(name, args.world)
     t0 = time.monotonic()
     js = []
     for s in range(args.seeds):
         js.append(replace(baseline(s, args.steps), label=base_label))
         js += [Job(lab, s, args.steps, overrides=ov) for lab, ov in configs]
-    recs = run_jobs(args.out, js, args.parallel, run=not args.report_only)
+    recs = run_jobs(args.out, with_world(js, args.world), args.parallel, run=not args.report_only)
     save_results(args.out, name, recs)
     rows = summarise(recs, [base_label, *(lab for lab, _ in configs)])
-    bar_plot(rows, DOCS / f"{name}.png", title)
+    bar_plot(rows, DOCS / f"{name}.png", f"{title}, {args.world} world")
     text = markdown_table(rows, paper, paper_header)
     text += (f"\n\ncompute: {sum(r['seconds'] for r in recs) / 60:.1f} run-minutes (all seeds, shared baseline "
              "included)" + ("" if args.report_only else f"; {(time.monotonic() - t0) / 60:.1f} min wall-clock this invocation"))

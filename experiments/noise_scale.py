@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (DOCS, Job, baseline, bar_plot, common_args, markdown_table, run_jobs, save_results, summarise,
-                    write_table)
+from common import (DOCS, Job, baseline, bar_plot, common_args, markdown_table, named, run_jobs, save_results,
+                    summarise, with_world, write_table)
 
 NAME = "noise_scale"
 SWEEP = [("8k, 0% noise", 8000, 0.0), ("8k, 20% noise", 8000, 0.2), ("8k, 80% noise", 8000, 0.8)]
@@ -60,23 +60,24 @@ def main() -> None:
     ap.add_argument("--scale-seeds", type=int, default=None, help="seeds for the scale part (default --seeds)")
     args = ap.parse_args()
     t0 = time.monotonic()
-    recs = run_jobs(args.out, jobs(args.part, args.seeds, args.steps, args.scale_seeds), args.parallel,
-                    run=not args.report_only)
+    name = named(NAME, args.world)
+    recs = run_jobs(args.out, with_world(jobs(args.part, args.seeds, args.steps, args.scale_seeds), args.world),
+                    args.parallel, run=not args.report_only)
     # also pick up any cached runs of the other part
-    recs_all = run_jobs(args.out, jobs("all", max(args.seeds, 3), args.steps, args.scale_seeds or max(args.seeds, 3)),
-                        run=False)
-    save_results(args.out, NAME, recs_all)
+    recs_all = run_jobs(args.out, with_world(jobs("all", max(args.seeds, 3), args.steps,
+                                                  args.scale_seeds or max(args.seeds, 3)), args.world), run=False)
+    save_results(args.out, name, recs_all)
     texts = []
     for part, table, title in (("sweep", SWEEP, "Caption-noise rate at fixed size (8k pairs), same compute"),
                                ("scale", SCALE, "Corpus size x noise at the same compute (250 x 128 samples)")):
         rows = summarise(_relabel(recs_all, table), [lab for lab, _, _ in table])
         if not rows:
             continue
-        bar_plot(rows, DOCS / f"{NAME}_{part}.png", title)
+        bar_plot(rows, DOCS / f"{name}_{part}.png", f"{title}, {args.world} world")
         texts.append(f"**{part}**\n\n" + markdown_table(rows))
     text = "\n\n".join(texts) + (f"\n\ncompute: {sum(r['seconds'] for r in recs_all) / 60:.1f} run-minutes in all"
                                  + ("" if args.report_only else f"; {(time.monotonic() - t0) / 60:.1f} min wall-clock this invocation"))
-    write_table(NAME, text)
+    write_table(name, text)
     print(text)
 
 

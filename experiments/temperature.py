@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (DOCS, Job, baseline, bar_plot, common_args, markdown_table, run_jobs, save_results, summarise,
-                    write_table)
+from common import (DOCS, Job, baseline, bar_plot, common_args, markdown_table, named, run_jobs, save_results,
+                    summarise, with_world, write_table)
 
 NAME = "temperature"
 FIXED = {"fixed 1/128": 1 / 128, "fixed 1/64": 1 / 64, "fixed 1/32": 1 / 32}
@@ -30,7 +30,7 @@ def jobs(seeds: int, steps: int) -> list[Job]:
     return out
 
 
-def report(records: list[dict], wall: float | None = None) -> str:
+def report(records: list[dict], wall: float | None = None, world: str = "toy") -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,8 +38,9 @@ def report(records: list[dict], wall: float | None = None) -> str:
     import numpy as np
 
     rows = summarise(records, LABELS)
-    png = DOCS / f"{NAME}.png"
-    bar_plot(rows, png, "Temperature (paper Table 8)")
+    name = named(NAME, world)
+    png = DOCS / f"{name}.png"
+    bar_plot(rows, png, f"Temperature (paper Table 8), {world} world")
     # second figure: learned temperature and losses over training
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for r in records:
@@ -59,24 +60,24 @@ def report(records: list[dict], wall: float | None = None) -> str:
     b.set_xlabel("step")
     b.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(DOCS / f"{NAME}_curves.png", dpi=110)
+    fig.savefig(DOCS / f"{name}_curves.png", dpi=110)
     plt.close(fig)
     t_learned = [r["final_temperature"] for r in records if r["job"]["label"].startswith("learnable")]
     text = markdown_table(rows, PAPER, "paper Table 8: MSCOCO I2T / T2I R@1")
     text += (f"\n\nLearned temperature after training: {np.mean(t_learned):.4f} (1/{1 / np.mean(t_learned):.0f}) "
              f"mean over {len(t_learned)} seeds; compute: {sum(r['seconds'] for r in records) / 60:.1f} run-minutes"
              + (f", {wall / 60:.1f} min wall-clock this invocation" if wall else ""))
-    write_table(NAME, text)
+    write_table(name, text)
     return text
 
 
 def main() -> None:
     args = common_args(argparse.ArgumentParser(description=__doc__)).parse_args()
     t0 = time.monotonic()
-    js = jobs(args.seeds, args.steps)
+    js = with_world(jobs(args.seeds, args.steps), args.world)
     recs = run_jobs(args.out, js, args.parallel, run=not args.report_only)
-    save_results(args.out, NAME, recs)
-    print(report(recs, None if args.report_only else time.monotonic() - t0))
+    save_results(args.out, named(NAME, args.world), recs)
+    print(report(recs, None if args.report_only else time.monotonic() - t0, args.world))
 
 
 if __name__ == "__main__":
