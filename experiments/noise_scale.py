@@ -15,8 +15,20 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (DOCS, Job, baseline, bar_plot, common_args, markdown_table, named, run_jobs, save_results,
-                    summarise, with_world, write_table)
+from common import (
+    DOCS,
+    Job,
+    bar_plot,
+    baseline,
+    common_args,
+    markdown_table,
+    named,
+    run_jobs,
+    save_results,
+    summarise,
+    with_world,
+    write_table,
+)
 
 NAME = "noise_scale"
 SWEEP = [("8k, 0% noise", 8000, 0.0), ("8k, 20% noise", 8000, 0.2), ("8k, 80% noise", 8000, 0.8)]

@@ -23,8 +23,23 @@ import tarfile
 import time
 from pathlib import Path
 
-from common import (BASE_NOISE, BASE_NUM_TRAIN, DOCS, Job, bar_plot, baseline, common_args, corpus_dir,
-                    markdown_table, named, run_jobs, save_results, summarise, with_world, write_table)
+from common import (
+    BASE_NOISE,
+    BASE_NUM_TRAIN,
+    DOCS,
+    Job,
+    bar_plot,
+    baseline,
+    common_args,
+    corpus_dir,
+    markdown_table,
+    named,
+    run_jobs,
+    save_results,
+    summarise,
+    with_world,
+    write_table,
+)
 
 NAME = "score_filter"
 

@@ -10,8 +10,20 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (DOCS, Job, baseline, bar_plot, common_args, markdown_table, named, run_jobs, save_results,
-                    summarise, with_world, write_table)
+from common import (
+    DOCS,
+    Job,
+    bar_plot,
+    baseline,
+    common_args,
+    markdown_table,
+    named,
+    run_jobs,
+    save_results,
+    summarise,
+    with_world,
+    write_table,
+)
 
 NAME = "temperature"
 FIXED = {"fixed 1/128": 1 / 128, "fixed 1/64": 1 / 64, "fixed 1/32": 1 / 32}
