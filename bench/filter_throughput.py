@@ -103,7 +103,8 @@ def duckdb_filter(path: str, *params: int) -> dict:
 
     out = Path(tempfile.mkdtemp()) / "pairs.parquet"
     s = filter_pairs(path, out, filter_config(*params), memory_limit=os.environ.get("BENCH_MEMORY_LIMIT") or None,
-                     temp_dir=os.environ.get("BENCH_TEMP_DIR") or None)
+                     temp_dir=os.environ.get("BENCH_TEMP_DIR") or None,
+                     compress_spill=os.environ.get("BENCH_COMPRESS_SPILL") == "1")
     return {"kept": s.kept, "removed": s.removed, "rows_in": s.rows_in, "spilled_mb": s.spilled_bytes / 2**20}
 
 
@@ -207,6 +208,7 @@ def main() -> None:
     ap.add_argument("--min-count", type=int, default=3, help="vocab_min_count when --top-n is not given")
     ap.add_argument("--memory-limit", default=None, help="DuckDB memory_limit, e.g. 4GB (it spills past it)")
     ap.add_argument("--temp-dir", default=None, help="DuckDB spill folder (default: beside its output)")
+    ap.add_argument("--compress-spill", action="store_true", help="intermediate tables in a compressed DuckDB file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=None, help="reuse a generated Parquet file")
     ap.add_argument("--skip", choices=["pandas", "duckdb"], default=None)
@@ -226,6 +228,7 @@ def main() -> None:
     params = [-1 if a.top_n is None else a.top_n, 10, 1000, 3, 20, a.min_count]
     rule = f"min_count {a.min_count}" if a.top_n is None else f"top_n {a.top_n:,}"
     os.environ["BENCH_MEMORY_LIMIT"], os.environ["BENCH_TEMP_DIR"] = a.memory_limit or "", a.temp_dir or ""
+    os.environ["BENCH_COMPRESS_SPILL"] = "1" if a.compress_spill else ""
     engines = [e.strip() for e in a.engines.split(",") if e.strip() and e.strip() != a.skip]
     if unknown := set(engines) - {"duckdb", "spark", "pandas"}:
         ap.error(f"--engines: unknown {', '.join(sorted(unknown))}; use duckdb, spark, pandas")

@@ -236,8 +236,8 @@ def test_memory_limit_spills_to_temp_dir_and_keeps_the_result(tmp_path: Path) ->
     assert list(spill.iterdir()) == []  # DuckDB's spill files do not outlive the run
 
 
-def test_memory_limit_keeps_tables_in_a_database_file(tmp_path: Path, monkeypatch) -> None:
-    """Under a memory limit the intermediate tables go to a DuckDB file in the spill folder (stored
+def test_compress_spill_keeps_tables_in_a_database_file(tmp_path: Path, monkeypatch) -> None:
+    """With compress_spill the intermediate tables go to a DuckDB file in the spill folder (stored
     compressed), seen while the filter runs, counted in spilled_bytes and removed after."""
     import openalign.corpus.filter as flt
 
@@ -254,7 +254,8 @@ def test_memory_limit_keeps_tables_in_a_database_file(tmp_path: Path, monkeypatc
         return real(con, folder)
 
     monkeypatch.setattr(flt, "_spilled_bytes", watch)
-    stats = filter_pairs(src, tmp_path / "o.parquet", TextFilterConfig(), threads=1, memory_limit="1GB", temp_dir=spill)
+    stats = filter_pairs(src, tmp_path / "o.parquet", TextFilterConfig(), threads=1, memory_limit="1GB", temp_dir=spill,
+                         compress_spill=True)
     assert seen and min(seen) > 0 and stats.spilled_bytes >= max(seen)
     assert list(spill.iterdir()) == []
     free = filter_pairs(src, tmp_path / "free.parquet", TextFilterConfig(), threads=1)

@@ -55,6 +55,8 @@ class BuildConfig:
     memory_limit: str | None = field(default=None, metadata={
         "help": "DuckDB memory cap for the filter, e.g. 4GB (default: 80% of RAM); past it, spill to --temp-dir"})
     temp_dir: str | None = field(default=None, metadata={"help": "folder for the filter's spill files (default: --out)"})
+    compress_spill: bool = field(default=False, metadata={
+        "help": "with --memory-limit: the filter's intermediate tables in a compressed file (half the disk, slower)"})
     vocab_size: int = field(default=100_000, metadata={"help": "WordPiece vocabulary size"})
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     filter: TextFilterConfig = field(default_factory=TextFilterConfig)
@@ -127,7 +129,8 @@ def run_extract(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str],
 def run_filter(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], dict[str, Any]]:
     with _bar("filter", N_STEPS, progress) as bar:
         stats = filter_pairs(out / "candidates.parquet", out / "pairs.parquet", cfg.filter, engine=cfg.engine,
-                             memory_limit=cfg.memory_limit, temp_dir=cfg.temp_dir, on_step=lambda name: bar.update())
+                             memory_limit=cfg.memory_limit, temp_dir=cfg.temp_dir,
+                             compress_spill=cfg.compress_spill, on_step=lambda name: bar.update())
     return ["pairs.parquet", "filter_stats.json"], {"kept": stats.kept, "removed": stats.removed}
 
 
