@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import tarfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from common import (
@@ -44,24 +44,13 @@ from common import (
 NAME = "score_filter"
 
 
-def noisy_flags(shards: list[str]) -> dict[tuple[str, str], bool]:
-    """(shard file name, sample key) -> whether its caption is noisy (the synthetic shards record it)."""
-    flags = {}
-    for url in shards:
-        with tarfile.open(url) as tar:
-            for m in tar:
-                if m.name.endswith(".json"):
-                    meta = json.load(tar.extractfile(m))
-                    flags[(Path(url).name, m.name[:-5])] = bool(meta.get("noisy", False))
-    return flags
+def sample_meta(shards: list[str]) -> dict[tuple[str, str], dict]:
+    """(shard file name, sample key) -> the sample's JSON metadata (the synthetic shards record whether
+    its caption is noisy), read with the project's shard reader."""
+    from openalign.media.shards import iter_samples
 
-
-def kept_keys(shards: list[str]) -> set[tuple[str, str]]:
-    keys = set()
-    for url in shards:
-        with tarfile.open(url) as tar:
-            keys |= {(Path(url).name, m.name[:-5]) for m in tar if m.name.endswith(".json")}
-    return keys
+    return {(Path(x["__url__"]).name, x["__key__"]): json.loads(x["json"])
+            for x in iter_samples(shards, Counter()) if "json" in x}
 
 
 def prepare(out: Path, world: str, seed: int, scorer_dir: str, keep: float) -> tuple[str, dict]:
@@ -82,7 +71,8 @@ def prepare(out: Path, world: str, seed: int, scorer_dir: str, keep: float) -> t
     seconds = time.monotonic() - t0
     src = expand_urls(base["shards"])
     kept_urls = [str(root / "shards" / Path(u).name) for u in src]
-    flags, kept = noisy_flags(src), kept_keys(kept_urls)
+    flags = {k: bool(m.get("noisy", False)) for k, m in sample_meta(src).items()}
+    kept = set(sample_meta(kept_urls))
     removed = [k for k in flags if k not in kept]
     noisy = sum(flags.values())
     filt = {"kept": len(kept), "removed": len(removed), "noisy_in_corpus": noisy,
