@@ -13,6 +13,8 @@ each training uses one torch thread plus one decoding worker).
 
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import json
 import os
@@ -60,15 +62,29 @@ class Job:
     def key(self) -> str:
         ident = {"seed": self.seed, "steps": self.steps, "num_train": self.num_train,
                  "noise_rate": self.noise_rate, "overrides": self.overrides}
-        if self.world != "toy":  # toy keys are unchanged, so runs cached before worlds existed stay valid
+        if self.world != "toy":  # toy keys carry no world name
             ident["world"] = self.world
         if self.corpus:
             ident["corpus"] = self.corpus
+        ident["recipe"] = recipe_hash()
         h = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
         return f"{'' if self.world == 'toy' else self.world + '-'}n{self.num_train}-p{self.noise_rate:g}-s{self.seed}-{h}"
 
 
-WORLDS = ("toy", "long-tail")
+WORLDS = ("toy", "long-tail", "icons")
+# The icon world is a corpus built once by `openalign data icons` (it fetches npm packages, so
+# experiments never build it): --icons DIR, or this variable, names it.
+ICONS_ENV = "OPENALIGN_ICONS_CORPUS"
+
+
+@functools.lru_cache(maxsize=1)
+def recipe_hash() -> str:
+    """A hash of the shared recipe every job starts from (the demo's TrainConfig and the ``tiny``
+    preset), so a changed recipe or model default never reuses a run trained with the old one."""
+    from openalign.models.presets import get_preset
+
+    recipe = {"train": asdict(replace(base_train_config(0), steps=0)), "preset": asdict(get_preset("tiny"))}
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def with_world(jobs: Iterable[Job], world: str) -> list[Job]:
@@ -92,6 +108,8 @@ def base_train_config(steps: int):
 # data (generated once, cached under the out dir)
 
 def corpus_dir(out: Path, num_train: int, noise_rate: float, world: str = "toy") -> Path:
+    if world == "icons":  # one built corpus: its own size and noise rate
+        return Path(os.environ.get(ICONS_ENV) or out / "corpora" / "icons")
     return out / "corpora" / f"{'' if world == 'toy' else world + '-'}n{num_train}-p{noise_rate:g}"
 
 
@@ -100,7 +118,12 @@ def ensure_corpus(out: Path, num_train: int, noise_rate: float, world: str = "to
     The long-tail world's held-out split has 300 images too (100 per frequency stratum)."""
     root = corpus_dir(out, num_train, noise_rate, world)
     stats = root / "stats.json"
+    if world == "icons" and (num_train, noise_rate) != (BASE_NUM_TRAIN, BASE_NOISE):
+        raise ValueError("the icon world is one built corpus: data-size and noise sweeps run on toy or long-tail")
     if not stats.is_file():
+        if world == "icons":
+            raise FileNotFoundError(f"{stats}: no icon corpus; build one with `openalign data icons --out DIR` "
+                                    f"and pass --icons DIR (or set {ICONS_ENV})")
         if world == "long-tail":
             from openalign.corpus.synth_longtail import generate_longtail
 
@@ -376,9 +399,19 @@ def common_args(parser, default_seeds: int = DEFAULT_SEEDS):
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--report-only", action="store_true", help="tables and plots from cached runs only")
     parser.add_argument("--world", default="toy", choices=WORLDS,
-                        help="testbed: toy (8 colours x 8 shapes) or long-tail (384 Zipf-distributed concepts); "
+                        help="testbed: toy (8 colours x 8 shapes), long-tail (384 Zipf-distributed concepts) or icons (a built icon corpus, --icons); "
                              "outputs of another world than toy are named <experiment>-<world>")
+    parser.add_argument("--icons", type=Path, action=_IconsDir, metavar="DIR",
+                        help="with --world icons: a corpus built by `openalign data icons --out DIR`")
     return parser
+
+
+class _IconsDir(argparse.Action):
+    """Sets the icon corpus for this process and the job subprocesses it starts (they inherit it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        os.environ[ICONS_ENV] = str(Path(values).resolve())
 
 
 def baseline(seed: int, steps: int, keep_model: bool = True) -> Job:
@@ -398,7 +431,6 @@ def single_factor(name: str, title: str, configs: list[tuple[str, dict]], paper:
                   doc: str, base_label: str) -> None:
     """The command line of a one-knob experiment: the baseline (labelled ``base_label``) plus one run per
     (label, TrainConfig overrides) per seed; table + plot under docs/results/."""
-    import argparse
 
     args = common_args(argparse.ArgumentParser(description=doc)).parse_args()
     name = named(name, args.world)

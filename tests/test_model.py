@@ -173,3 +173,15 @@ def test_conv_init_is_a_preset_choice():
         k = m.kernel_size[0] * m.kernel_size[1]
         want = math.sqrt(2.0 / k) if scale else math.sqrt(2.0 / (k * m.out_channels))
         assert abs(m.weight.std().item() / want - 1) < 0.25, (kind, m.weight.std().item(), want)
+
+
+def test_text_init_std_is_a_preset_choice():
+    """The text tower starts with the preset's weight std (BERT's 0.02 for the named towers), and
+    the trained model's config.json carries it as transformers' initializer_range."""
+    assert get_preset("b7-base").text_init_std == 0.02
+    for std in (0.02, 0.1):
+        p = get_preset("tiny").with_(text_init_std=std)
+        assert p.align_config().text_config.initializer_range == std
+        m = DualEncoder.from_preset(p, vocab_size=500, seed=0)
+        w = m.align.text_model.encoder.layer[0].attention.self.query.weight
+        assert abs(float(w.std()) - std) < 0.1 * std

@@ -156,3 +156,39 @@ def test_cli_synth(tmp_path, monkeypatch, capsys):
 def test_cli_synth_bad_input(tmp_path, monkeypatch, capsys):
     rc = _cli(monkeypatch, ["data", "synth", "--out", str(tmp_path), "--noise-rate", "1.5"])
     assert rc == 2 and "--noise-rate" in capsys.readouterr().err
+
+
+def _object_pixels(img) -> int:
+    """Pixels of the object colour (red objects on a plain grey background)."""
+    import numpy as np
+
+    a = np.asarray(img).astype(int)
+    return int(((a[..., 0] > 150) & (a[..., 1] < 90) & (a[..., 2] < 90)).sum())
+
+
+@pytest.mark.parametrize("count", ["one", "three"])
+def test_object_scale_draws_larger_objects_that_still_fit(count):
+    attrs = {"colour": "red", "shape": "square", "size": "small", "position": "centre", "count": count,
+             "background": "grey"}
+    base = _object_pixels(synth.render(attrs, 80, random.Random(0)))
+    same = _object_pixels(synth.render(attrs, 80, random.Random(0), object_scale=1.0))
+    big = _object_pixels(synth.render(attrs, 80, random.Random(0), object_scale=1.5))
+    assert same == base  # the default world is unchanged
+    assert 1.8 < big / base < 2.7  # area ~ 1.5^2
+    # large objects are capped so that `count` of them fit side by side: 0.9 / n of the side each
+    large = {**attrs, "size": "large"}
+    huge = _object_pixels(synth.render(large, 80, random.Random(0), object_scale=3.0))
+    n = synth.COUNTS.index(count) + 1
+    side = 0.9 / n * 80 * 0.85  # a square's side is 0.85 / sqrt(2) of its diameter... bounded above by this
+    assert huge <= n * side * side
+
+
+def test_object_scale_reaches_heldout_and_stats(tmp_path):
+    info = synth.generate_corpus(tmp_path / "c", num_train=10, num_heldout=4, noise_rate=0.0, seed=1,
+                                 image_size=48, object_scale=1.5)
+    other = synth.generate_corpus(tmp_path / "d", num_train=10, num_heldout=4, noise_rate=0.0, seed=1,
+                                  image_size=48)
+    assert json.loads((info.root / "stats.json").read_text())["object_scale"] == 1.5
+    a = (info.heldout_image_root / "00000.jpg").read_bytes()
+    b = (other.heldout_image_root / "00000.jpg").read_bytes()
+    assert a != b  # same attributes and seed, larger objects

@@ -75,6 +75,8 @@ class DemoConfig:
     # holds few colours, so only shape and the rest tell its images apart). Off by default: in 400
     # steps both towers settle on colour alone (the text tower's [CLS] attends only to the colour
     # word) and runs of 128 cost colour without teaching shape reliably (docs/results.md, "The demo").
+    object_scale: float = field(default=1.0, metadata={
+        "help": "objects drawn this much larger than the toy world's (small 0.2, large 0.4 of the side)"})
     colour_block: int = field(default=0, metadata={
         "help": "training images in single-colour runs of this many (hard negatives for shape); 0 = random"})
     # A CPU-minutes schedule, not the paper's 1.2M steps: the temperature on its own faster rate,
@@ -96,7 +98,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
           f"and {cfg.num_heldout} clean held-out images with unseen colour+shape combinations")
     corpus = generate_corpus(out / "data", num_train=cfg.num_train, num_heldout=cfg.num_heldout,
                              noise_rate=cfg.noise_rate, seed=cfg.seed, workers=cfg.workers,
-                             colour_block=cfg.colour_block)
+                             colour_block=cfg.colour_block, object_scale=cfg.object_scale)
     times["synth"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -143,7 +145,7 @@ def zeroshot_accuracy(bundle, root: Path, attribute: str, cfg: DemoConfig) -> di
     held-out values of the other attribute (see ``write_classification_split``).
     """
     write_classification_split(root, attribute=attribute, n_per_class=cfg.zeroshot_per_class, seed=cfg.seed,
-                               combos="heldout")
+                               combos="heldout", object_scale=cfg.object_scale)
     name = f"synth_{attribute}"
     zs = ZeroShotConfig(data=str(root), classnames=str(root / "classnames.json"),
                         templates=str(root / "templates.json"), dataset_name=name, name=f"zeroshot_{attribute}")

@@ -175,14 +175,20 @@ def _object_centres(attrs: Attrs, size: float, diam: float, rng: random.Random) 
     return centres
 
 
-def render(attrs: Attrs, image_size: int, rng: random.Random) -> Image.Image:
-    """Draw one image of ``attrs`` (RGB, ``image_size`` square)."""
+def render(attrs: Attrs, image_size: int, rng: random.Random, object_scale: float = 1.0) -> Image.Image:
+    """Draw one image of ``attrs`` (RGB, ``image_size`` square). ``object_scale`` multiplies the
+    objects' diameter (small 0.2, large 0.4 of the side; 0.85 of that for two or three); a larger
+    scale stops where ``count`` of them still fit side by side (0.9 / count of the side) and never
+    draws them smaller than scale 1 does."""
     big = image_size * SS
     img = Image.new("RGB", (big, big))
     _draw_background(img, attrs["background"], rng)
     draw = ImageDraw.Draw(img)
     n = COUNTS.index(attrs["count"]) + 1
     frac = (0.2 if attrs["size"] == "small" else 0.4) * (1.0 if n == 1 else 0.85)
+    if object_scale != 1.0:  # larger: up to what fits side by side, never below the default
+        scaled = frac * object_scale
+        frac = scaled if object_scale < 1.0 else max(frac, min(scaled, 0.9 / n))
     diam = frac * big
     base = RGB[attrs["colour"]]
     fill = tuple(int(min(255, max(0, v + rng.randint(-12, 12)))) for v in base)
@@ -347,11 +353,11 @@ def _train_attrs(seed: int, index: int, combos: list[tuple[str, str]], colour_bl
 
 
 def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: int,
-                 combos: list[tuple[str, str]], colour_block: int = 0) -> dict:
+                 combos: list[tuple[str, str]], colour_block: int = 0, object_scale: float = 1.0) -> dict:
     """One training sample: JPEG bytes, caption and metadata; ``noise`` is "none" or a NOISE_KINDS entry."""
     attrs = _train_attrs(seed, index, combos, colour_block)
     rng = _rng(seed, "train", index, "caption")
-    image = encode_jpeg(render(attrs, image_size, _rng(seed, "train", index, "render")))
+    image = encode_jpeg(render(attrs, image_size, _rng(seed, "train", index, "render"), object_scale))
     clean = make_caption(attrs, rng)
     meta: dict = {"attributes": attrs, "clean_caption": clean, "noisy": noise != "none", "noise": noise}
     if noise == "none":
@@ -410,6 +416,7 @@ class _ShardJob:
     image_size: int
     combos: tuple[tuple[str, str], ...]
     colour_block: int = 0
+    object_scale: float = 1.0
 
 
 def write_sample_shard(path: str, start: int, image_size: int, samples: Iterable[dict[str, Any]]) -> int:
@@ -434,7 +441,8 @@ def write_sample_shard(path: str, start: int, image_size: int, samples: Iterable
 
 def _write_shard(job: _ShardJob) -> int:
     return write_sample_shard(job.path, job.start, job.image_size, (
-        train_sample(job.start + k, job.seed, noise, job.num_train, job.image_size, list(job.combos), job.colour_block)
+        train_sample(job.start + k, job.seed, noise, job.num_train, job.image_size, list(job.combos), job.colour_block,
+                     job.object_scale)
         for k, noise in enumerate(job.noise)))
 
 
@@ -464,10 +472,10 @@ def shard_pattern(train_dir: Path, num_shards: int) -> str:
 
 
 def heldout_item(index: int, seed: int, image_size: int, combos: list[tuple[str, str]],
-                 n_captions: int = 5) -> tuple[bytes, Attrs, list[str]]:
+                 n_captions: int = 5, object_scale: float = 1.0) -> tuple[bytes, Attrs, list[str]]:
     """A clean held-out image with ``n_captions`` distinct, correct and detailed captions."""
     attrs = sample_attrs(_rng(seed, "heldout", index, "attrs"), combos)
-    image = encode_jpeg(render(attrs, image_size, _rng(seed, "heldout", index, "render")))
+    image = encode_jpeg(render(attrs, image_size, _rng(seed, "heldout", index, "render"), object_scale))
     rng = _rng(seed, "heldout", index, "caption")
     captions: list[str] = []
     for _ in range(50 * n_captions):
@@ -481,13 +489,14 @@ def heldout_item(index: int, seed: int, image_size: int, combos: list[tuple[str,
     return image, attrs, captions
 
 
-def write_heldout(root: Path, num: int, seed: int, image_size: int, combos: list[tuple[str, str]]) -> Path:
+def write_heldout(root: Path, num: int, seed: int, image_size: int, combos: list[tuple[str, str]],
+                  object_scale: float = 1.0) -> Path:
     """Images under ``root/images`` and a Karpathy-style ``root/karpathy.json`` (split "test")."""
     image_dir = root / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     images, sentid = [], 0
     for i in range(num):
-        data, attrs, captions = heldout_item(i, seed, image_size, combos)
+        data, attrs, captions = heldout_item(i, seed, image_size, combos, object_scale=object_scale)
         name = f"{i:05d}.jpg"
         (image_dir / name).write_bytes(data)
         sentences = [{"raw": c, "tokens": c.lower().replace(",", " ").split(), "imgid": i, "sentid": sentid + k}
@@ -526,6 +535,8 @@ class SynthConfig:
     num_concepts: int = field(default=384, metadata={"help": "long-tail world: object concepts, 3..384"})
     colour_block: int = field(default=0, metadata={"help": (
         "toy world: training images in runs of this many of one colour (hard-negative batches); 0 = random")})
+    object_scale: float = field(default=1.0, metadata={"help": (
+        "toy world: objects' diameter times this (capped so that three fit); 1 = small 0.2, large 0.4 of the side")})
 
 
 @dataclass(frozen=True)
@@ -542,12 +553,13 @@ class CorpusInfo:
 def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 500, noise_rate: float = 0.2,
                     seed: int = 0, image_size: int = 80, shard_size: int = 1000,
                     heldout_fraction_of_combos: float = 0.15, workers: int = 1, world: str = "toy",
-                    zipf_s: float = 1.1, num_concepts: int = 384, colour_block: int = 0,
+                    zipf_s: float = 1.1, num_concepts: int = 384, colour_block: int = 0, object_scale: float = 1.0,
                     progress: Callable[[int], None] | None = None) -> CorpusInfo:
     """Write ``out/train/*.tar`` (noisy), ``out/heldout/`` (clean, unseen combos) and ``out/stats.json``.
 
     ``progress`` is called with the number of training samples written after each shard.
     ``colour_block`` > 0 orders training images in single-colour runs (see :func:`_train_attrs`).
+    ``object_scale`` scales the drawn objects, training and held-out alike (see :func:`render`).
     ``world="long-tail"`` writes :mod:`openalign.corpus.synth_longtail`'s world instead (``zipf_s``,
     ``num_concepts`` are its own; ``heldout_fraction_of_combos`` is the toy world's).
     """
@@ -566,16 +578,17 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
     combos, held = train_combos(heldout_fraction_of_combos), heldout_combos(heldout_fraction_of_combos)
     plan = noise_plan(num_train, noise_rate, seed)
     jobs = [_ShardJob(str(train_dir / f"{k:05d}.tar"), start, tuple(plan[start:start + shard_size]), seed,
-                      num_train, image_size, tuple(combos), colour_block)
+                      num_train, image_size, tuple(combos), colour_block, object_scale)
             for k, start in enumerate(range(0, num_train, shard_size))]
     run_shard_jobs(jobs, workers, progress)
-    heldout_json = write_heldout(root / "heldout", num_heldout, seed, image_size, held or combos)
+    heldout_json = write_heldout(root / "heldout", num_heldout, seed, image_size, held or combos, object_scale)
     counts = {"clean": plan.count("none"), **{k: plan.count(k) for k in NOISE_KINDS}}
     info = CorpusInfo(root=root, shards=shard_pattern(train_dir, len(jobs)), num_train=num_train,
                       heldout_json=heldout_json, heldout_image_root=root / "heldout" / "images",
                       num_heldout=num_heldout, noise_counts=counts)
     stats = {"num_train": num_train, "num_heldout": num_heldout, "noise_rate": noise_rate, "seed": seed,
              "image_size": image_size, "shard_size": shard_size, "colour_block": colour_block,
+             "object_scale": object_scale,
              "num_shards": len(jobs), "shards": info.shards,
              "noise_counts": counts, "heldout_combos": [list(c) for c in held],
              "train_combos": [list(c) for c in combos], "attributes": {k: list(v) for k, v in ATTRIBUTES.items()}}
@@ -606,7 +619,8 @@ CLASSIFICATION_TEMPLATES: dict[str, list[str]] = {
 
 def write_classification_split(out: str | Path, attribute: str = "colour", n_per_class: int = 50, seed: int = 0,
                                image_size: int = 80, combos: str = "all",
-                               heldout_fraction_of_combos: float = 0.15, world: str = "toy") -> Path:
+                               heldout_fraction_of_combos: float = 0.15, world: str = "toy",
+                               object_scale: float = 1.0) -> Path:
     """ImageFolder tree ``out/<class>/*.jpg`` classifying one attribute, plus CLIP_benchmark-style
     ``classnames.json`` / ``templates.json`` (keyed by the dataset name ``synth_<attribute>``).
 
@@ -632,7 +646,7 @@ def write_classification_split(out: str | Path, attribute: str = "colour", n_per
         for i in range(n_per_class):
             rng = _rng(seed, f"cls-{attribute}-{cls}", i, "all")
             attrs = {**sample_attrs(rng, allowed), attribute: cls}
-            (root / cls / f"{i:05d}.jpg").write_bytes(encode_jpeg(render(attrs, image_size, rng)))
+            (root / cls / f"{i:05d}.jpg").write_bytes(encode_jpeg(render(attrs, image_size, rng, object_scale)))
     name = f"synth_{attribute}"
     atomic_write_text(root / "classnames.json", json.dumps({name: classes}, indent=1))
     atomic_write_text(root / "templates.json", json.dumps({name: CLASSIFICATION_TEMPLATES[attribute]}, indent=1))

@@ -101,6 +101,10 @@ class ModelPreset:
     text_heads: int = 12
     text_intermediate: int = 3072
     text_dropout: float = 0.1
+    # std of the text tower's initial weights (BERT's 0.02, tuned for 768 wide). Only read at
+    # initialisation; it is saved in config.json as `initializer_range` and plain transformers ignores it
+    # when loading trained weights.
+    text_init_std: float = 0.02
     vocab_size: int = 30522
     max_text_len: int = 64
     # embedding: None = the image tower's native width (a plain AlignModel)
@@ -174,6 +178,7 @@ class ModelPreset:
             hidden_dropout_prob=self.text_dropout,
             attention_probs_dropout_prob=self.text_dropout,
             max_position_embeddings=max(512, self.max_text_len),
+            initializer_range=self.text_init_std,
         )
         return AlignConfig(
             text_config=text.to_dict(),
