@@ -268,3 +268,28 @@ def test_bad_memory_limit_is_one_line(data: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--memory-limit 'lots'.*4GB"):
         filter_pairs(data, tmp_path / "o.parquet", SMALL, memory_limit="lots", temp_dir=spill)
     assert list(spill.iterdir()) == []
+
+
+def test_a_killed_runs_spill_folder_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    """SIGKILL skips the filter's cleanup; the next run on this host removes that folder, and leaves
+    a live process's folder and another host's (a shared --temp-dir) alone."""
+    import os
+    import subprocess
+    import sys
+
+    import openalign.corpus.filter as flt
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    spill = tmp_path / "spill"
+    stale = spill / f"{flt.SPILL_PREFIX}{flt._host()}-{dead.pid}"
+    live = spill / f"{flt.SPILL_PREFIX}{flt._host()}-{os.getppid()}"
+    other_host = spill / f"{flt.SPILL_PREFIX}other-host-{dead.pid}"
+    for d in (stale, live, other_host):
+        d.mkdir(parents=True)
+        (d / "duckdb_temp_block-1.block").write_bytes(b"x" * 1000)
+    src = tmp_path / "z.parquet"
+    _zipf(2_000).to_parquet(src)
+    filter_pairs(src, tmp_path / "o.parquet", TextFilterConfig(), threads=1, temp_dir=spill)
+    assert not stale.exists()
+    assert live.is_dir() and other_host.is_dir()

@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import unicodedata
@@ -381,10 +382,43 @@ def _input_select(url: str, text: str, page: str | None) -> str:
 # ---------------------------------------------------------------- engines
 
 
+SPILL_PREFIX = ".duckdb-spill-"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _remove_stale_spill(root: Path) -> None:
+    """Remove spill folders that a killed filter on this host left behind (SIGKILL skips the
+    cleanup), so a rerun does not leave their gigabytes on the disk it needs. A folder of another
+    host (a shared --temp-dir) or of a live process is left alone."""
+    if not root.is_dir():
+        return
+    for d in root.glob(f"{SPILL_PREFIX}{_host()}-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            shutil.rmtree(d, ignore_errors=True)
+            log.warning("removed %s (%.0f MiB), the spill folder of a killed filter run", d, size / 2**20)
+
+
 def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFilterConfig, out: Path,
                 threads: int | None, memory_limit: str | None, temp_dir: str | Path | None,
                 on_step: Callable[[str], None], compress_spill: bool = False) -> dict[str, Any]:
-    spill = Path(temp_dir or out.parent) / f".duckdb-spill-{os.getpid()}"  # removed when done
+    spill_root = Path(temp_dir or out.parent)
+    _remove_stale_spill(spill_root)
+    spill = spill_root / f"{SPILL_PREFIX}{_host()}-{os.getpid()}"  # removed when done
     # compress_spill: the intermediate tables live in a DuckDB database file in the spill folder
     # instead of in temporary storage. DuckDB compresses stored tables (dictionary/FSST strings,
     # bit-packed integers) but writes evicted temporary blocks as they are. Measured at 10M pairs
