@@ -92,3 +92,14 @@ def test_default_threads_leave_a_core_for_workers_and_neighbours(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert default_threads() == 1
+
+
+def test_text_init_std_option_reaches_the_text_tower():
+    from openalign.train.config import TrainConfig
+    from openalign.train.loop import build_model
+
+    for std, want in ((None, 0.02), (0.1, 0.1)):
+        m = build_model(TrainConfig(preset="tiny", text_init_std=std, seed=0), vocab_size=300)
+        w = m.align.text_model.encoder.layer[0].output.dense.weight
+        assert abs(float(w.std()) - want) < 0.1 * want
+        assert m.align.config.text_config.initializer_range == want

@@ -16,6 +16,7 @@ class TrainConfig:
     image_tower: str | None = None  # efficientnet-b0..b7 | efficientnet-l2; None = the preset's
     text_tower: str | None = None  # bert-mini | bert-small | bert-medium | bert-base | bert-large; None = preset
     image_size: int | None = None  # training crop in px (the paper: 289 from 346); None = the preset's
+    text_init_std: float | None = None  # std of the text tower's initial weights; None = the preset's (BERT: 0.02)
     init: str | None = None  # fine-tune from this model directory (ours or the align-base layout)
     # schedule (the paper: batch 16,384, lr 1e-3, 10k warm-up steps, linear decay to 0, LAMB, wd 1e-5)
     steps: int = 1000

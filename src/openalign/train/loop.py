@@ -72,6 +72,8 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> DualEncoder:
     else:
         preset = get_preset(cfg.preset).with_towers(cfg.image_tower, cfg.text_tower, cfg.image_size)
         preset = preset.with_(embed_dim=cfg.embed_dim, temperature_init=cfg.temperature_init)
+        if cfg.text_init_std is not None:
+            preset = preset.with_(text_init_std=cfg.text_init_std)
         model = DualEncoder.from_preset(preset, vocab_size=vocab_size, seed=cfg.seed)
     if cfg.fixed_temperature is not None:
         model.temperature.data.fill_(cfg.fixed_temperature)
