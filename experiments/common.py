@@ -87,13 +87,20 @@ def recipe_hash() -> str:
     return hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+# TrainConfig overrides given on an experiment's command line (e.g. --text-init-std 0.1): added to
+# every job, so they are part of every run's cache key and of the outputs' names.
+RECIPE_OVERRIDES: dict[str, Any] = {}
+
+
 def with_world(jobs: Iterable[Job], world: str) -> list[Job]:
-    return [replace(j, world=world) for j in jobs]
+    return [replace(j, world=world, overrides={**j.overrides, **RECIPE_OVERRIDES}) for j in jobs]
 
 
 def named(name: str, world: str) -> str:
-    """Output name of an experiment on a testbed (the toy world keeps the plain name)."""
-    return name if world == "toy" else f"{name}-{world}"
+    """Output name of an experiment on a testbed (the toy world keeps the plain name), with the
+    command line's recipe overrides, e.g. ``temperature-icons-text_init_std0.1``."""
+    out = name if world == "toy" else f"{name}-{world}"
+    return out + "".join(f"-{k}{v:g}" for k, v in sorted(RECIPE_OVERRIDES.items()))
 
 
 def base_train_config(steps: int):
@@ -403,7 +410,16 @@ def common_args(parser, default_seeds: int = DEFAULT_SEEDS):
                              "outputs of another world than toy are named <experiment>-<world>")
     parser.add_argument("--icons", type=Path, action=_IconsDir, metavar="DIR",
                         help="with --world icons: a corpus built by `openalign data icons --out DIR`")
+    parser.add_argument("--text-init-std", type=float, action=_RecipeOverride, metavar="STD",
+                        help="every run's text tower starts with this weight std (the tiny preset: 0.02); "
+                             "outputs are named ...-text_init_std<STD>")
     return parser
+
+
+class _RecipeOverride(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        RECIPE_OVERRIDES[self.dest] = values
 
 
 class _IconsDir(argparse.Action):
