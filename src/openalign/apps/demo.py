@@ -71,12 +71,15 @@ class DemoConfig:
     seed: int = 0
     zeroshot_per_class: int = field(default=25, metadata={
         "help": "images per class in the zero-shot shape and colour tests (held-out combinations)"})
+    # 1 = the toy world as the experiments use it. 1.5 (small objects 0.3 of the side) did not teach
+    # shape in 400 steps either (docs/results.md, "The demo"), although the image tower alone learns
+    # shape much faster on large objects.
+    object_scale: float = field(default=1.0, metadata={
+        "help": "objects drawn this much larger than the toy world's (small 0.2, large 0.4 of the side)"})
     # Training images in single-colour runs of this many (hard negatives: a batch read in order
     # holds few colours, so only shape and the rest tell its images apart). Off by default: in 400
     # steps both towers settle on colour alone (the text tower's [CLS] attends only to the colour
     # word) and runs of 128 cost colour without teaching shape reliably (docs/results.md, "The demo").
-    object_scale: float = field(default=1.0, metadata={
-        "help": "objects drawn this much larger than the toy world's (small 0.2, large 0.4 of the side)"})
     colour_block: int = field(default=0, metadata={
         "help": "training images in single-colour runs of this many (hard negatives for shape); 0 = random"})
     # A CPU-minutes schedule, not the paper's 1.2M steps: the temperature on its own faster rate,
