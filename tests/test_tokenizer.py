@@ -86,3 +86,38 @@ def test_bad_inputs(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "t.parquet" in err and "--text-column" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+_TRAIN_IN_A_FRESH_PROCESS = """
+import hashlib, json, random, sys
+from openalign.corpus.synth import make_caption, sample_attrs, train_combos
+from openalign.models.tokenizer import train_wordpiece
+rng = random.Random(0)
+texts = [make_caption(sample_attrs(rng, train_combos()), rng) for _ in range(3000)]
+tok = train_wordpiece(texts, sys.argv[1], vocab_size=400)
+print(hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest())
+"""
+
+
+def test_same_texts_same_vocabulary_in_every_process(tmp_path):
+    # tokenizers' trainer alone gave a different vocabulary in most runs on these captions
+    # (huggingface/tokenizers#1794): each process hashes differently, so train in several
+    import subprocess
+    import sys
+
+    digests = {subprocess.run([sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS, str(tmp_path / f"t{i}")],
+                              capture_output=True, text=True, check=True).stdout.strip() for i in range(4)}
+    assert len(digests) == 1, digests
+
+
+def test_pinned_pieces_are_ordinary_vocabulary(tmp_path):
+    from openalign.models.tokenizer import train_wordpiece
+
+    texts = ["a green diamond", "two red squares", "a purple hexagon"] * 5
+    tok = train_wordpiece(iter(texts), tmp_path / "tok", vocab_size=60, min_frequency=1)  # a one-shot iterator
+    assert set(tok.all_special_tokens) == {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+    assert "##e" in tok.get_vocab()
+    # "##e" typed in a text is no special token: it is split like any other text, and decoding keeps it
+    ids = tok("##e green")["input_ids"]
+    assert tok.convert_tokens_to_ids("##e") not in ids[1:2]
+    assert _squash(tok.decode(tok("a green diamond")["input_ids"], skip_special_tokens=True)) == "agreendiamond"

@@ -22,7 +22,6 @@ def _add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import itertools
     from collections import Counter
 
     from tqdm import tqdm
@@ -36,22 +35,28 @@ def run(args: argparse.Namespace) -> int:
     if cfg.vocab_size < 10:
         raise UserError(f"--vocab-size {cfg.vocab_size}: too small; use at least a few hundred (paper: 100000)")
     counts: Counter = Counter()
-    if cfg.shards:
-        texts, source = iter_shard_texts(cfg.shards, counts), cfg.shards
-    else:
-        texts, source = iter_parquet_texts(cfg.parquet, cfg.text_column), cfg.parquet
-    texts = iter(texts)
-    first = next(texts, None)  # fail before writing anything when there is nothing to learn from
-    if first is None:
-        raise UserError(f"{source}: no alt-texts found; shards need KEY.txt captions, tables a non-empty text column")
+
+    def source(counter: Counter):
+        if cfg.shards:
+            return iter_shard_texts(cfg.shards, counter)
+        return iter_parquet_texts(cfg.parquet, cfg.text_column)
+
+    if next(iter(source(Counter())), None) is None:  # fail before writing anything when there is nothing to learn from
+        raise UserError(f"{cfg.shards or cfg.parquet}: no alt-texts found; shards need KEY.txt captions, "
+                        "tables a non-empty text column")
     seen = [0]
+    passes = iter(["alt-texts (characters)", "alt-texts (training)"])
 
     def counted():
-        for t in tqdm(itertools.chain([first], texts), desc="alt-texts", unit=" texts", mininterval=1.0):
+        # train_wordpiece reads the texts twice (its first pass pins the "##" pieces): count the last pass
+        desc = next(passes, "alt-texts")
+        counts.clear()
+        seen[0] = 0
+        for t in tqdm(source(counts), desc=desc, unit=" texts", mininterval=1.0):
             seen[0] += 1
             yield t
 
-    tok = train_wordpiece(counted(), args.out, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+    tok = train_wordpiece(counted, args.out, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                           lowercase=cfg.lowercase, max_length=cfg.max_length)
     skipped = counts.get("missing_or_empty_caption", 0) + counts.get("broken_shard_errors", 0)
     print(f"tokenizer: {len(tok)} tokens from {seen[0]} alt-texts ({skipped} skipped) -> {args.out}")

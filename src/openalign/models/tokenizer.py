@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 from tokenizers import (
     Tokenizer,
@@ -40,21 +40,54 @@ class TokenizerTrainConfig:
     max_length: int = field(default=MAX_TEXT_LEN, metadata={"help": "model_max_length saved with the tokenizer"})
 
 
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _continuing_pieces(texts: Iterable[str], normalizer, pre_tokenizer) -> list[str]:
+    """"##c" for every character c that starts no word, as the trainer would create them, sorted."""
+    chars: set[str] = set()
+    for text in texts:
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
+            chars.update(word[1:])
+    return [f"##{c}" for c in sorted(chars)]
+
+
 def train_wordpiece(
-    texts: Iterable[str],
+    texts: Iterable[str] | Callable[[], Iterable[str]],
     out_dir: str | Path,
     vocab_size: int = 100_000,
     min_frequency: int = 2,
     lowercase: bool = True,
     max_length: int = MAX_TEXT_LEN,
 ):
-    """Train a BERT-style WordPiece vocabulary on ``texts`` and save it to ``out_dir``."""
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    """Train a BERT-style WordPiece vocabulary on ``texts`` and save it to ``out_dir``.
+
+    The same texts give the same vocabulary in every process. ``tokenizers``' trainer alone does not
+    (huggingface/tokenizers#1794: it numbers the "##" pieces in hash-map order and breaks ties
+    between equally frequent merges by those numbers, so two runs keep different tokens and every
+    model trained on them differs). So a first pass over the texts lists the "##" pieces, they enter
+    the trainer with fixed ids, and the saved tokenizer keeps them as ordinary vocabulary entries.
+    ``texts`` is read twice: give a list or a function returning a fresh iterable (a one-shot
+    iterator is held in memory).
+    """
+    if callable(texts):
+        make_texts = texts
+    else:
+        kept = texts if not isinstance(texts, Iterator) else list(texts)
+        make_texts = lambda: kept  # noqa: E731
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    pinned = _continuing_pieces(make_texts(), normalizer, pre_tokenizer)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=[*SPECIAL_TOKENS, *pinned])
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    tok.train_from_iterator(make_texts(), trainer=trainer)
+    # rebuilt on the trained vocabulary so that only the five BERT tokens are special (the pinned
+    # "##" pieces must not be matched in raw text or dropped when decoding)
+    tok = Tokenizer(models.WordPiece(vocab=tok.get_vocab(), unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
