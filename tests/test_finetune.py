@@ -69,9 +69,9 @@ def test_retrieval_finetune_beats_zero_shot_and_loads_in_transformers(tmp_path: 
     assert result.step == 120
     after = evaluate_retrieval(load_bundle(result.model_dir), kj, kj.parent / "images", split="test", progress=False)
     t2i_before, t2i_after = before["text_to_image_R@5"], after["text_to_image_R@5"]
-    # R@5 over 60 test images (chance 8.3): fine-tuning gains 6-10+ points run to run (full-suite CI
-    # runs gave 8.3 -> 14.3 and 15.7, alone it clears +10), so +5 is the margin that is not a coin flip
-    assert t2i_after > t2i_before + 5, (t2i_before, t2i_after)
+    # R@5 over 60 test images (chance 8.3): 8.3 -> 26.7 in every process now that the tokenizer is
+    # deterministic (runs that drew another vocabulary gave 8.3 -> 14.3 and 15.7)
+    assert t2i_after > t2i_before + 10, (t2i_before, t2i_after)
     assert AlignModel.from_pretrained(str(result.model_dir)) is not None  # plain transformers loads it
     # the pair shards are written once: a resumed run reuses them
     manifest = json.loads((tmp_path / "ft" / "shards" / "finetune_shards.json").read_text())
