@@ -32,6 +32,8 @@ class TrainConfig:
     temperature_init: float = 1.0
     fixed_temperature: float | None = None  # set to freeze the temperature (Table 8 ablation)
     temperature_lr: float | None = None  # None = lr (the paper); short runs learn it faster with more
+    # the text tower's learning rate as a share of lr (1 = the paper: one rate for both towers; 0 locks it)
+    text_lr_scale: float = 1.0
     min_temperature: float = 1e-3  # the learnable temperature is clamped to stay positive
     label_smoothing: float = 0.1
     negatives_fraction: float = 1.0  # share of the global batch used as negatives (Table 8 ablation)

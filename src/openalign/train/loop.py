@@ -175,7 +175,8 @@ class Trainer:
         self.model = model.to(self.info.device)
         self.model.train()
         if optimizer is None:
-            optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.temperature_lr)
+            optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.temperature_lr,
+                                        cfg.text_lr_scale)
         self.optimizer = optimizer
         self.scheduler = build_schedule(optimizer, cfg.warmup_steps, cfg.steps) if scheduler is None else scheduler
         self.spec = StepSpec.from_config(cfg, self.info) if spec is None else spec

@@ -54,34 +54,48 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float, temperature_lr: float | None = None) -> list[dict]:
+def is_text_param(name: str) -> bool:
+    """The text tower's parameters (BERT and its projection) by their name in the model."""
+    return "text_model." in name or "text_projection." in name
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float, temperature_lr: float | None = None,
+                 text_lr_scale: float = 1.0) -> list[dict]:
     """Weight decay on matrices and conv kernels only: not on norms, biases or the temperature.
 
     The temperature gets its own group so its learning rate can differ (``temperature_lr``): with
     an Adam-style update it moves about one lr per step, so from 1.0 it needs ~1k steps at 1e-3.
+    ``text_lr_scale`` != 1 puts the text tower in groups of its own at ``lr * text_lr_scale`` (0
+    locks it, as LiT locks a tower); the schedule scales every group alike.
     """
-    decay, no_decay, temp = [], [], []
+    buckets: dict[tuple[bool, bool], list] = {}
+    temp = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if name.endswith("temperature"):
             temp.append(p)
-        elif p.ndim <= 1 or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "adapt": True, "lr": lr},
-        {"params": no_decay, "weight_decay": 0.0, "adapt": False, "lr": lr},
-    ]
+            continue
+        text = text_lr_scale != 1.0 and is_text_param(name)
+        decay = not (p.ndim <= 1 or name.endswith(".bias"))
+        buckets.setdefault((text, decay), []).append(p)
+    groups = []
+    for text in (False, True):
+        for decay in (True, False):
+            params = buckets.get((text, decay), [])
+            if params or not text:  # the two plain groups always exist (checkpoints expect them)
+                groups.append({"params": params, "weight_decay": weight_decay if decay else 0.0, "adapt": decay,
+                               "lr": lr * (text_lr_scale if text else 1.0)})
     if temp:
         groups.append({"params": temp, "weight_decay": 0.0, "adapt": False, "lr": temperature_lr or lr})
     return groups
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    temperature_lr: float | None = None) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay, lr, temperature_lr)
+                    temperature_lr: float | None = None, text_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    if text_lr_scale < 0:
+        raise ValueError(f"text_lr_scale={text_lr_scale}: use a scale >= 0 (0 locks the text tower)")
+    groups = param_groups(model, weight_decay, lr, temperature_lr, text_lr_scale)
     if name == "lamb":
         return Lamb(groups, lr=lr)
     if name == "adamw":
