@@ -192,3 +192,38 @@ def test_object_scale_reaches_heldout_and_stats(tmp_path):
     a = (info.heldout_image_root / "00000.jpg").read_bytes()
     b = (other.heldout_image_root / "00000.jpg").read_bytes()
     assert a != b  # same attributes and seed, larger objects
+
+
+def test_fix_holds_scene_attributes_everywhere_and_keeps_the_rest(tmp_path):
+    fix = "count=one,background=grey"
+    info = synth.generate_corpus(tmp_path / "c", num_train=40, num_heldout=12, noise_rate=0.25, seed=2,
+                                 image_size=32, shard_size=20, fix=fix)
+    plain = synth.generate_corpus(tmp_path / "d", num_train=40, num_heldout=12, noise_rate=0.25, seed=2,
+                                  image_size=32, shard_size=20)
+
+    fixed, free = _metas(info), _metas(plain)
+    assert all(m["attributes"]["count"] == "one" and m["attributes"]["background"] == "grey" for m in fixed)
+    assert {m["attributes"]["count"] for m in free} != {"one"}  # the unfixed world does vary them
+    # the other attributes are drawn as in the unfixed world, sample by sample
+    for a, b in zip(fixed, free):
+        for k in ("colour", "shape", "size", "position"):
+            assert a["attributes"][k] == b["attributes"][k]
+    held = json.loads(info.heldout_json.read_text())["images"]
+    assert all(e["attributes"]["count"] == "one" and e["attributes"]["background"] == "grey" for e in held)
+    assert json.loads((info.root / "stats.json").read_text())["fixed"] == {"background": "grey", "count": "one"}
+    # a classification split of a fixed attribute still varies it (else it would have one class)
+    root = synth.write_classification_split(tmp_path / "cls", "count", n_per_class=2, image_size=32, fix=fix)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(synth.COUNTS)
+
+
+@pytest.mark.parametrize("bad", ["colour=red", "count=four", "size", "weather=rain"])
+def test_fix_names_what_can_be_fixed(bad):
+    with pytest.raises(ValueError, match="fix"):
+        synth.parse_fixed(bad)
+
+
+def test_fix_cli_error_is_one_line(tmp_path, capsys):
+    from openalign.cli.main import main
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--num-train", "4", "--fix", "count=four"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "count is one of one, two, three" in err[0]

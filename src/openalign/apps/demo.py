@@ -76,6 +76,8 @@ class DemoConfig:
     # shape much faster on large objects.
     object_scale: float = field(default=1.0, metadata={
         "help": "objects drawn this much larger than the toy world's (small 0.2, large 0.4 of the side)"})
+    fix: str = field(default="", metadata={
+        "help": "scene attributes held at one value, e.g. count=one,background=grey (see `data synth --fix`)"})
     # Training images in single-colour runs of this many (hard negatives: a batch read in order
     # holds few colours, so only shape and the rest tell its images apart). Off by default: in 400
     # steps both towers settle on colour alone (the text tower's [CLS] attends only to the colour
@@ -101,7 +103,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
           f"and {cfg.num_heldout} clean held-out images with unseen colour+shape combinations")
     corpus = generate_corpus(out / "data", num_train=cfg.num_train, num_heldout=cfg.num_heldout,
                              noise_rate=cfg.noise_rate, seed=cfg.seed, workers=cfg.workers,
-                             colour_block=cfg.colour_block, object_scale=cfg.object_scale)
+                             colour_block=cfg.colour_block, object_scale=cfg.object_scale, fix=cfg.fix)
     times["synth"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -148,7 +150,7 @@ def zeroshot_accuracy(bundle, root: Path, attribute: str, cfg: DemoConfig) -> di
     held-out values of the other attribute (see ``write_classification_split``).
     """
     write_classification_split(root, attribute=attribute, n_per_class=cfg.zeroshot_per_class, seed=cfg.seed,
-                               combos="heldout", object_scale=cfg.object_scale)
+                               combos="heldout", object_scale=cfg.object_scale, fix=cfg.fix)
     name = f"synth_{attribute}"
     zs = ZeroShotConfig(data=str(root), classnames=str(root / "classnames.json"),
                         templates=str(root / "templates.json"), dataset_name=name, name=f"zeroshot_{attribute}")

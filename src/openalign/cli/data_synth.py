@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from openalign.cli._config_args import config_from_args
-    from openalign.corpus.synth import SynthConfig, generate_corpus
+    from openalign.corpus.synth import SynthConfig, generate_corpus, parse_fixed
     from openalign.errors import UserError
 
     cfg = config_from_args(SynthConfig, args)
@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.world == "long-tail" and not (0.0 <= cfg.zipf_s <= 10.0 and 3 <= cfg.num_concepts <= 384):
         raise UserError(f"--zipf-s {cfg.zipf_s} / --num-concepts {cfg.num_concepts}: need 0 <= s <= 10 and "
                         "3 <= concepts <= 384")
+    try:
+        parse_fixed(cfg.fix)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
     with tqdm(total=cfg.num_train, desc="synth", unit=" img") as bar:
         info = generate_corpus(args.out, **asdict(cfg), progress=bar.update)
     noise = ", ".join(f"{k} {v}" for k, v in info.noise_counts.items())

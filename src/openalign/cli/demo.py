@@ -42,5 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from openalign.apps.demo import DemoConfig, run_demo
     from openalign.cli._config_args import config_from_args
 
-    run_demo(config_from_args(DemoConfig, args))
+    from openalign.corpus.synth import parse_fixed
+    from openalign.errors import UserError
+
+    cfg = config_from_args(DemoConfig, args)
+    try:
+        parse_fixed(cfg.fix)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
+    run_demo(cfg)
     return 0

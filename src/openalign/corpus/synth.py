@@ -90,12 +90,35 @@ def train_combos(fraction: float = 0.15) -> list[tuple[str, str]]:
     return [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in held]
 
 
-def sample_attrs(rng: random.Random, combos: list[tuple[str, str]]) -> Attrs:
+Fixed = tuple[tuple[str, str], ...]  # scene attributes held at one value: (("count", "one"), ...)
+FIXABLE = ("size", "position", "count", "background")  # colour and shape make the held-out combinations
+
+
+def parse_fixed(text: str) -> Fixed:
+    """"count=one,background=grey" -> (("background", "grey"), ("count", "one")); errors name the fix."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if name not in FIXABLE:
+            raise ValueError(f"fix {part!r}: only {', '.join(FIXABLE)} can be fixed (colour and shape make the "
+                             "held-out combinations); write attribute=value, comma-separated")
+        if value not in ATTRIBUTES[name]:
+            raise ValueError(f"fix {part!r}: {name} is one of {', '.join(ATTRIBUTES[name])}")
+        out[name] = value
+    return tuple(sorted(out.items()))
+
+
+def sample_attrs(rng: random.Random, combos: list[tuple[str, str]], fixed: Fixed = ()) -> Attrs:
+    """A random scene of one of ``combos``; ``fixed`` attributes take their given value (drawn first
+    all the same, so the others come out as in the unfixed world)."""
     colour, shape = rng.choice(combos)
-    return {
+    attrs = {
         "colour": colour, "shape": shape, "size": rng.choice(SIZES), "position": rng.choice(POSITIONS),
         "count": rng.choice(COUNTS), "background": rng.choice(BACKGROUNDS),
     }
+    attrs.update(fixed)
+    return attrs
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,20 +365,22 @@ def _rng(seed: int, split: str, index: int, stream: str) -> random.Random:
     return random.Random(f"openalign-synth:{seed}:{split}:{index}:{stream}")
 
 
-def _train_attrs(seed: int, index: int, combos: list[tuple[str, str]], colour_block: int = 0) -> Attrs:
+def _train_attrs(seed: int, index: int, combos: list[tuple[str, str]], colour_block: int = 0,
+                 fixed: Fixed = ()) -> Attrs:
     """``colour_block`` > 0: images come in runs of that many of one colour (colours in turn), so a
     training batch read in order holds few colours and only shape and the rest tell its images apart
     (hard negatives; a tiny model otherwise learns colour alone). 0: colours drawn at random."""
     if colour_block > 0:
         colour = COLOURS[(index // colour_block) % len(COLOURS)]
         combos = [c for c in combos if c[0] == colour] or combos
-    return sample_attrs(_rng(seed, "train", index, "attrs"), combos)
+    return sample_attrs(_rng(seed, "train", index, "attrs"), combos, fixed)
 
 
 def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: int,
-                 combos: list[tuple[str, str]], colour_block: int = 0, object_scale: float = 1.0) -> dict:
+                 combos: list[tuple[str, str]], colour_block: int = 0, object_scale: float = 1.0,
+                 fixed: Fixed = ()) -> dict:
     """One training sample: JPEG bytes, caption and metadata; ``noise`` is "none" or a NOISE_KINDS entry."""
-    attrs = _train_attrs(seed, index, combos, colour_block)
+    attrs = _train_attrs(seed, index, combos, colour_block, fixed)
     rng = _rng(seed, "train", index, "caption")
     image = encode_jpeg(render(attrs, image_size, _rng(seed, "train", index, "render"), object_scale))
     clean = make_caption(attrs, rng)
@@ -365,7 +390,7 @@ def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: 
     elif noise == "junk":
         caption = junk_caption(rng)
     elif noise == "swap":
-        other, other_attrs = _unrelated(index, seed, num_train, attrs, combos, rng, colour_block)
+        other, other_attrs = _unrelated(index, seed, num_train, attrs, combos, rng, colour_block, fixed)
         # the other image's own clean caption: its caption RNG's first draw, recomputed here
         cap_rng = _rng(seed, "train", other, "caption") if other >= 0 else rng
         caption = make_caption(other_attrs, cap_rng)
@@ -379,16 +404,16 @@ def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: 
 
 
 def _unrelated(index: int, seed: int, num_train: int, attrs: Attrs, combos: list[tuple[str, str]],
-               rng: random.Random, colour_block: int = 0) -> tuple[int, Attrs]:
+               rng: random.Random, colour_block: int = 0, fixed: Fixed = ()) -> tuple[int, Attrs]:
     """Another training image whose (colour, shape) differs from this one's."""
     for _ in range(100):
         other = rng.randrange(num_train)
-        other_attrs = _train_attrs(seed, other, combos, colour_block)
+        other_attrs = _train_attrs(seed, other, combos, colour_block, fixed)
         if (other_attrs["colour"], other_attrs["shape"]) != (attrs["colour"], attrs["shape"]):
             return other, other_attrs
     # a corpus (almost) made of one combination: fall back to a fresh unrelated description
     others = [c for c in combos if c != (attrs["colour"], attrs["shape"])] or combos
-    return -1, sample_attrs(rng, others)
+    return -1, sample_attrs(rng, others, fixed)
 
 
 def noise_plan(num_train: int, noise_rate: float, seed: int) -> list[str]:
@@ -417,6 +442,7 @@ class _ShardJob:
     combos: tuple[tuple[str, str], ...]
     colour_block: int = 0
     object_scale: float = 1.0
+    fixed: Fixed = ()
 
 
 def write_sample_shard(path: str, start: int, image_size: int, samples: Iterable[dict[str, Any]]) -> int:
@@ -442,7 +468,7 @@ def write_sample_shard(path: str, start: int, image_size: int, samples: Iterable
 def _write_shard(job: _ShardJob) -> int:
     return write_sample_shard(job.path, job.start, job.image_size, (
         train_sample(job.start + k, job.seed, noise, job.num_train, job.image_size, list(job.combos), job.colour_block,
-                     job.object_scale)
+                     job.object_scale, job.fixed)
         for k, noise in enumerate(job.noise)))
 
 
@@ -472,9 +498,9 @@ def shard_pattern(train_dir: Path, num_shards: int) -> str:
 
 
 def heldout_item(index: int, seed: int, image_size: int, combos: list[tuple[str, str]],
-                 n_captions: int = 5, object_scale: float = 1.0) -> tuple[bytes, Attrs, list[str]]:
+                 n_captions: int = 5, object_scale: float = 1.0, fixed: Fixed = ()) -> tuple[bytes, Attrs, list[str]]:
     """A clean held-out image with ``n_captions`` distinct, correct and detailed captions."""
-    attrs = sample_attrs(_rng(seed, "heldout", index, "attrs"), combos)
+    attrs = sample_attrs(_rng(seed, "heldout", index, "attrs"), combos, fixed)
     image = encode_jpeg(render(attrs, image_size, _rng(seed, "heldout", index, "render"), object_scale))
     rng = _rng(seed, "heldout", index, "caption")
     captions: list[str] = []
@@ -490,13 +516,13 @@ def heldout_item(index: int, seed: int, image_size: int, combos: list[tuple[str,
 
 
 def write_heldout(root: Path, num: int, seed: int, image_size: int, combos: list[tuple[str, str]],
-                  object_scale: float = 1.0) -> Path:
+                  object_scale: float = 1.0, fixed: Fixed = ()) -> Path:
     """Images under ``root/images`` and a Karpathy-style ``root/karpathy.json`` (split "test")."""
     image_dir = root / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     images, sentid = [], 0
     for i in range(num):
-        data, attrs, captions = heldout_item(i, seed, image_size, combos, object_scale=object_scale)
+        data, attrs, captions = heldout_item(i, seed, image_size, combos, object_scale=object_scale, fixed=fixed)
         name = f"{i:05d}.jpg"
         (image_dir / name).write_bytes(data)
         sentences = [{"raw": c, "tokens": c.lower().replace(",", " ").split(), "imgid": i, "sentid": sentid + k}
@@ -537,6 +563,9 @@ class SynthConfig:
         "toy world: training images in runs of this many of one colour (hard-negative batches); 0 = random")})
     object_scale: float = field(default=1.0, metadata={"help": (
         "toy world: objects' diameter times this (capped so that three fit); 1 = small 0.2, large 0.4 of the side")})
+    fix: str = field(default="", metadata={"help": (
+        "toy world: scene attributes held at one value, e.g. count=one,background=grey (size, position, "
+        "count, background); captions still name them at random")})
 
 
 @dataclass(frozen=True)
@@ -554,12 +583,13 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
                     seed: int = 0, image_size: int = 80, shard_size: int = 1000,
                     heldout_fraction_of_combos: float = 0.15, workers: int = 1, world: str = "toy",
                     zipf_s: float = 1.1, num_concepts: int = 384, colour_block: int = 0, object_scale: float = 1.0,
-                    progress: Callable[[int], None] | None = None) -> CorpusInfo:
+                    fix: str = "", progress: Callable[[int], None] | None = None) -> CorpusInfo:
     """Write ``out/train/*.tar`` (noisy), ``out/heldout/`` (clean, unseen combos) and ``out/stats.json``.
 
     ``progress`` is called with the number of training samples written after each shard.
     ``colour_block`` > 0 orders training images in single-colour runs (see :func:`_train_attrs`).
     ``object_scale`` scales the drawn objects, training and held-out alike (see :func:`render`).
+    ``fix`` holds scene attributes at one value (see :func:`parse_fixed`), training and held-out alike.
     ``world="long-tail"`` writes :mod:`openalign.corpus.synth_longtail`'s world instead (``zipf_s``,
     ``num_concepts`` are its own; ``heldout_fraction_of_combos`` is the toy world's).
     """
@@ -572,23 +602,24 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
                                  num_concepts=num_concepts, progress=progress)
     if num_train < 1 or num_heldout < 0 or shard_size < 1 or image_size < 16:
         raise ValueError("need num_train >= 1, num_heldout >= 0, shard_size >= 1, image_size >= 16")
+    fixed = parse_fixed(fix)
     root = Path(out)
     train_dir = root / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
     combos, held = train_combos(heldout_fraction_of_combos), heldout_combos(heldout_fraction_of_combos)
     plan = noise_plan(num_train, noise_rate, seed)
     jobs = [_ShardJob(str(train_dir / f"{k:05d}.tar"), start, tuple(plan[start:start + shard_size]), seed,
-                      num_train, image_size, tuple(combos), colour_block, object_scale)
+                      num_train, image_size, tuple(combos), colour_block, object_scale, fixed)
             for k, start in enumerate(range(0, num_train, shard_size))]
     run_shard_jobs(jobs, workers, progress)
-    heldout_json = write_heldout(root / "heldout", num_heldout, seed, image_size, held or combos, object_scale)
+    heldout_json = write_heldout(root / "heldout", num_heldout, seed, image_size, held or combos, object_scale, fixed)
     counts = {"clean": plan.count("none"), **{k: plan.count(k) for k in NOISE_KINDS}}
     info = CorpusInfo(root=root, shards=shard_pattern(train_dir, len(jobs)), num_train=num_train,
                       heldout_json=heldout_json, heldout_image_root=root / "heldout" / "images",
                       num_heldout=num_heldout, noise_counts=counts)
     stats = {"num_train": num_train, "num_heldout": num_heldout, "noise_rate": noise_rate, "seed": seed,
              "image_size": image_size, "shard_size": shard_size, "colour_block": colour_block,
-             "object_scale": object_scale,
+             "object_scale": object_scale, "fixed": dict(fixed),
              "num_shards": len(jobs), "shards": info.shards,
              "noise_counts": counts, "heldout_combos": [list(c) for c in held],
              "train_combos": [list(c) for c in combos], "attributes": {k: list(v) for k, v in ATTRIBUTES.items()}}
@@ -620,7 +651,7 @@ CLASSIFICATION_TEMPLATES: dict[str, list[str]] = {
 def write_classification_split(out: str | Path, attribute: str = "colour", n_per_class: int = 50, seed: int = 0,
                                image_size: int = 80, combos: str = "all",
                                heldout_fraction_of_combos: float = 0.15, world: str = "toy",
-                               object_scale: float = 1.0) -> Path:
+                               object_scale: float = 1.0, fix: str = "") -> Path:
     """ImageFolder tree ``out/<class>/*.jpg`` classifying one attribute, plus CLIP_benchmark-style
     ``classnames.json`` / ``templates.json`` (keyed by the dataset name ``synth_<attribute>``).
 
@@ -634,6 +665,7 @@ def write_classification_split(out: str | Path, attribute: str = "colour", n_per
         raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {world!r}")
     if attribute not in ATTRIBUTES:
         raise ValueError(f"attribute must be one of {sorted(ATTRIBUTES)}, got {attribute!r}")
+    fixed = tuple(f for f in parse_fixed(fix) if f[0] != attribute)  # the classified attribute still varies
     pool = {"all": [(c, s) for c in COLOURS for s in SHAPES], "train": train_combos(heldout_fraction_of_combos),
             "heldout": heldout_combos(heldout_fraction_of_combos)}[combos]
     root = Path(out)
@@ -645,7 +677,7 @@ def write_classification_split(out: str | Path, attribute: str = "colour", n_per
         (root / cls).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
             rng = _rng(seed, f"cls-{attribute}-{cls}", i, "all")
-            attrs = {**sample_attrs(rng, allowed), attribute: cls}
+            attrs = {**sample_attrs(rng, allowed, fixed), attribute: cls}
             (root / cls / f"{i:05d}.jpg").write_bytes(encode_jpeg(render(attrs, image_size, rng, object_scale)))
     name = f"synth_{attribute}"
     atomic_write_text(root / "classnames.json", json.dumps({name: classes}, indent=1))
