@@ -46,6 +46,9 @@ def test_demo_runs_end_to_end_small(tmp_path):
     assert set(first["expected_knowing_other"]) == {"shape", "colour"} and set(first["hits"]) == {"shape", "colour"}
     assert f"(colour alone: {first['expected_knowing_other']['shape']:.1f})" in md
     assert (out / "run" / "model" / "config.json").is_file()
+    # the report says what world the demo drew: one large centred object on grey, colour in half the captions
+    assert "Scenes: scene attributes held fixed: size large, count one, position centre, background grey" in md
+    assert "colour named in 50% of the training captions" in md and results["world"]["colour_mention"] == 0.5
 
 
 def test_example_queries_pair_combos_differing_by_one_attribute(tmp_path):
@@ -60,6 +63,11 @@ def test_example_queries_pair_combos_differing_by_one_attribute(tmp_path):
     assert q == ("a green diamond", "a green triangle", "a purple hexagon", "a purple star", "an orange diamond",
                  "three small purple stars on a striped background")
     assert named_values(q[-1]) == {"colour": {"purple"}, "shape": {"star"}}
+    # with held-out captions, the long query is the longest caption of the last combination
+    images[-1]["sentences"] = [{"raw": "a purple star"}, {"raw": "one big purple star in the centre, on grey"}]
+    images[-2]["sentences"] = [{"raw": "a purple hexagon with a very very long caption indeed here"}]
+    path.write_text(json.dumps({"images": images}))
+    assert example_queries_for(path)[-1] == "one big purple star in the centre, on grey"
     assert named_values("two crosses, in red") == {"colour": {"red"}, "shape": {"cross"}}
     assert named_values("IMG_2041.JPG") == {}
 

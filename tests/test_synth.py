@@ -227,3 +227,25 @@ def test_fix_cli_error_is_one_line(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--num-train", "4", "--fix", "count=four"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "count is one of one, two, three" in err[0]
+
+
+def test_colour_mention_leaves_the_colour_out_of_that_share_of_training_captions(tmp_path):
+    info = synth.generate_corpus(tmp_path / "c", num_train=400, num_heldout=6, noise_rate=0.0, seed=3,
+                                 image_size=16, shard_size=200, colour_mention=0.5)
+    words = {w for c in synth.COLOURS for w in synth.COLOUR_WORDS.get(c, [c])}
+    shape_words = {w for forms in synth.SHAPE_WORDS.values() for pair in forms for w in pair}
+    metas = _metas(info)
+
+    def names(text, vocab):
+        low = f" {text.lower()} "
+        return any(f" {w} " in low or f" {w}," in low for w in vocab)
+
+    with_colour = sum(names(m["caption"], words) for m in metas)
+    assert 0.4 * len(metas) < with_colour < 0.6 * len(metas), with_colour
+    assert all(names(m["caption"], shape_words) for m in metas)  # the shape is always named
+    assert not any(" in " == m["caption"][-4:] for m in metas)
+    held = json.loads(info.heldout_json.read_text())["images"]
+    assert all(names(s["raw"], words) for e in held for s in e["sentences"])  # held-out captions always do
+    assert json.loads((info.root / "stats.json").read_text())["colour_mention"] == 0.5
+    with pytest.raises(ValueError, match="colour_mention"):
+        synth.generate_corpus(tmp_path / "d", num_train=2, num_heldout=0, colour_mention=1.5)

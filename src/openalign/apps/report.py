@@ -87,11 +87,28 @@ def write_report(path: Path, metrics_jsonl: Path, summary: dict, examples: list,
     atomic_write_text(path.with_suffix(".md"), _markdown(summary, examples, f"{path.stem}-curves.png"))
 
 
+def _world(world: dict | None) -> str:
+    """One sentence on the scenes and captions the demo drew (its synth settings)."""
+    if not world:
+        return ""
+    parts = []
+    if world.get("fix"):
+        parts.append("scene attributes held fixed: " + world["fix"].replace(",", ", ").replace("=", " "))
+    if world.get("object_scale", 1.0) != 1.0:
+        parts.append(f"objects {world['object_scale']:g}x the toy world's size")
+    if world.get("colour_mention", 1.0) < 1.0:
+        parts.append(f"the colour named in {world['colour_mention']:.0%} of the training captions (the shape in all)")
+    if world.get("colour_block"):
+        parts.append(f"training images in single-colour runs of {world['colour_block']}")
+    return (" Scenes: " + "; ".join(parts) + ".") if parts else " Scenes: the full toy world."
+
+
 def _intro(summary: dict) -> str:
     m, tr = summary["retrieval"], summary["train"]
     return (f"Trained {tr['steps']} steps x batch {tr['batch_size']} on {sum(summary['noise_counts'].values())} "
             f"synthetic pairs ({summary['noise_counts']}); final temperature {tr['temperature']:.4f}. Evaluated on "
-            f"{int(m['num_images'])} clean held-out images whose colour+shape combinations never occur in training.")
+            f"{int(m['num_images'])} clean held-out images whose colour+shape combinations never occur in training."
+            + _world(summary.get("world")))
 
 
 GIVEN_NOTE = ("Each held-out image (colour c, shape s; a combination never seen in training) ranks the captions "

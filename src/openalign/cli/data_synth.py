@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(SynthConfig, args)
     if not 0.0 <= cfg.noise_rate <= 1.0:
         raise UserError(f"--noise-rate {cfg.noise_rate}: must be between 0 and 1")
+    if not 0.0 <= cfg.colour_mention <= 1.0:
+        raise UserError(f"--colour-mention {cfg.colour_mention}: must be between 0 and 1")
     if not 0.0 <= cfg.heldout_fraction_of_combos < 1.0:
         raise UserError(f"--heldout-fraction {cfg.heldout_fraction_of_combos}: must be in [0, 1)")
     if cfg.num_train < 1 or cfg.num_heldout < 0 or cfg.shard_size < 1 or cfg.image_size < 16:

@@ -50,5 +50,7 @@ def run(args: argparse.Namespace) -> int:
         parse_fixed(cfg.fix)
     except ValueError as exc:
         raise UserError(f"--{exc}") from None
+    if not 0.0 <= cfg.colour_mention <= 1.0:
+        raise UserError(f"--colour-mention {cfg.colour_mention}: must be between 0 and 1")
     run_demo(cfg)
     return 0

@@ -287,8 +287,9 @@ def _background_phrase(attrs: Attrs, rng: random.Random) -> str:
 
 
 def make_caption(attrs: Attrs, rng: random.Random, p_mention: float = 0.5, p_filler: float = 0.5,
-                 force: str | None = None) -> str:
-    """A web-like caption naming colour and shape, other attributes each with ``p_mention``.
+                 force: str | None = None, p_colour: float = 1.0) -> str:
+    """A web-like caption naming the shape, the colour with ``p_colour``, other attributes each with
+    ``p_mention``.
 
     ``force`` names an attribute that must be mentioned (used for wrong-attribute noise).
     """
@@ -299,6 +300,10 @@ def make_caption(attrs: Attrs, rng: random.Random, p_mention: float = 0.5, p_fil
     pos = _word(POSITION_WORDS, attrs["position"], rng) if "position" in mention else ""
     bg = _background_phrase(attrs, rng) if "background" in mention else ""
     form = rng.randrange(4)
+    # drawn only below 1, so that the default captions (and every corpus made with them) stay as they were
+    if p_colour < 1.0 and force != "colour" and rng.random() >= p_colour:
+        colour = ""
+        form = form % 3  # no "stars in" without a colour
     if form == 3:  # "two stars in red on the left"
         parts = [lead, shape, "in", colour, pos, bg]
     else:
@@ -378,12 +383,12 @@ def _train_attrs(seed: int, index: int, combos: list[tuple[str, str]], colour_bl
 
 def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: int,
                  combos: list[tuple[str, str]], colour_block: int = 0, object_scale: float = 1.0,
-                 fixed: Fixed = ()) -> dict:
+                 fixed: Fixed = (), colour_mention: float = 1.0) -> dict:
     """One training sample: JPEG bytes, caption and metadata; ``noise`` is "none" or a NOISE_KINDS entry."""
     attrs = _train_attrs(seed, index, combos, colour_block, fixed)
     rng = _rng(seed, "train", index, "caption")
     image = encode_jpeg(render(attrs, image_size, _rng(seed, "train", index, "render"), object_scale))
-    clean = make_caption(attrs, rng)
+    clean = make_caption(attrs, rng, p_colour=colour_mention)
     meta: dict = {"attributes": attrs, "clean_caption": clean, "noisy": noise != "none", "noise": noise}
     if noise == "none":
         caption = clean
@@ -393,11 +398,12 @@ def train_sample(index: int, seed: int, noise: str, num_train: int, image_size: 
         other, other_attrs = _unrelated(index, seed, num_train, attrs, combos, rng, colour_block, fixed)
         # the other image's own clean caption: its caption RNG's first draw, recomputed here
         cap_rng = _rng(seed, "train", other, "caption") if other >= 0 else rng
-        caption = make_caption(other_attrs, cap_rng)
+        caption = make_caption(other_attrs, cap_rng, p_colour=colour_mention)
         meta["swapped_with"], meta["caption_attributes"] = other, other_attrs
     elif noise == "wrong_attr":
         bad, name = wrong_attrs(attrs, rng, set(combos))
-        caption, meta["wrong_attribute"], meta["caption_attributes"] = make_caption(bad, rng, force=name), name, bad
+        caption = make_caption(bad, rng, force=name, p_colour=colour_mention)
+        meta["wrong_attribute"], meta["caption_attributes"] = name, bad
     else:
         raise ValueError(f"unknown noise kind {noise!r}")
     return {"image": image, "caption": caption, "meta": meta}
@@ -443,6 +449,7 @@ class _ShardJob:
     colour_block: int = 0
     object_scale: float = 1.0
     fixed: Fixed = ()
+    colour_mention: float = 1.0
 
 
 def write_sample_shard(path: str, start: int, image_size: int, samples: Iterable[dict[str, Any]]) -> int:
@@ -468,7 +475,7 @@ def write_sample_shard(path: str, start: int, image_size: int, samples: Iterable
 def _write_shard(job: _ShardJob) -> int:
     return write_sample_shard(job.path, job.start, job.image_size, (
         train_sample(job.start + k, job.seed, noise, job.num_train, job.image_size, list(job.combos), job.colour_block,
-                     job.object_scale, job.fixed)
+                     job.object_scale, job.fixed, job.colour_mention)
         for k, noise in enumerate(job.noise)))
 
 
@@ -566,6 +573,8 @@ class SynthConfig:
     fix: str = field(default="", metadata={"help": (
         "toy world: scene attributes held at one value, e.g. count=one,background=grey (size, position, "
         "count, background); captions still name them at random")})
+    colour_mention: float = field(default=1.0, metadata={"help": (
+        "toy world: share of clean training captions that name the colour (held-out captions always do)")})
 
 
 @dataclass(frozen=True)
@@ -583,12 +592,14 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
                     seed: int = 0, image_size: int = 80, shard_size: int = 1000,
                     heldout_fraction_of_combos: float = 0.15, workers: int = 1, world: str = "toy",
                     zipf_s: float = 1.1, num_concepts: int = 384, colour_block: int = 0, object_scale: float = 1.0,
-                    fix: str = "", progress: Callable[[int], None] | None = None) -> CorpusInfo:
+                    fix: str = "", colour_mention: float = 1.0,
+                    progress: Callable[[int], None] | None = None) -> CorpusInfo:
     """Write ``out/train/*.tar`` (noisy), ``out/heldout/`` (clean, unseen combos) and ``out/stats.json``.
 
     ``progress`` is called with the number of training samples written after each shard.
     ``colour_block`` > 0 orders training images in single-colour runs (see :func:`_train_attrs`).
     ``object_scale`` scales the drawn objects, training and held-out alike (see :func:`render`).
+    ``colour_mention`` < 1 leaves the colour out of that share of training captions (the shape is always named).
     ``fix`` holds scene attributes at one value (see :func:`parse_fixed`), training and held-out alike.
     ``world="long-tail"`` writes :mod:`openalign.corpus.synth_longtail`'s world instead (``zipf_s``,
     ``num_concepts`` are its own; ``heldout_fraction_of_combos`` is the toy world's).
@@ -602,6 +613,8 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
                                  num_concepts=num_concepts, progress=progress)
     if num_train < 1 or num_heldout < 0 or shard_size < 1 or image_size < 16:
         raise ValueError("need num_train >= 1, num_heldout >= 0, shard_size >= 1, image_size >= 16")
+    if not 0.0 <= colour_mention <= 1.0:
+        raise ValueError(f"colour_mention must be in [0, 1], got {colour_mention}")
     fixed = parse_fixed(fix)
     root = Path(out)
     train_dir = root / "train"
@@ -609,7 +622,8 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
     combos, held = train_combos(heldout_fraction_of_combos), heldout_combos(heldout_fraction_of_combos)
     plan = noise_plan(num_train, noise_rate, seed)
     jobs = [_ShardJob(str(train_dir / f"{k:05d}.tar"), start, tuple(plan[start:start + shard_size]), seed,
-                      num_train, image_size, tuple(combos), colour_block, object_scale, fixed)
+                      num_train, image_size, tuple(combos), colour_block, object_scale, fixed,
+                      colour_mention)
             for k, start in enumerate(range(0, num_train, shard_size))]
     run_shard_jobs(jobs, workers, progress)
     heldout_json = write_heldout(root / "heldout", num_heldout, seed, image_size, held or combos, object_scale, fixed)
@@ -619,7 +633,7 @@ def generate_corpus(out: str | Path, num_train: int = 10000, num_heldout: int = 
                       num_heldout=num_heldout, noise_counts=counts)
     stats = {"num_train": num_train, "num_heldout": num_heldout, "noise_rate": noise_rate, "seed": seed,
              "image_size": image_size, "shard_size": shard_size, "colour_block": colour_block,
-             "object_scale": object_scale, "fixed": dict(fixed),
+             "object_scale": object_scale, "fixed": dict(fixed), "colour_mention": colour_mention,
              "num_shards": len(jobs), "shards": info.shards,
              "noise_counts": counts, "heldout_combos": [list(c) for c in held],
              "train_combos": [list(c) for c in combos], "attributes": {k: list(v) for k, v in ATTRIBUTES.items()}}
