@@ -229,6 +229,18 @@ def test_fix_cli_error_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "count is one of one, two, three" in err[0]
 
 
+@pytest.mark.parametrize("cmd", [["data", "synth", "--num-train", "4"], ["demo"]])
+@pytest.mark.parametrize("flags, says", [(["--fix", "weather=rain"], "--fix 'weather=rain'"),
+                                         (["--colour-mention", "1.5"], "--colour-mention 1.5: must be between 0 and 1")])
+def test_scene_flags_fail_the_same_one_line_way_on_both_commands(tmp_path, capsys, cmd, flags, says):
+    from openalign.cli.main import main
+    assert main([*cmd, "--out", str(tmp_path / "x"), *flags]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+    assert not (tmp_path / "x").exists()  # refused before any work
+    assert synth.scene_flag_error("count=one", 0.5) is None
+
+
 def test_colour_mention_leaves_the_colour_out_of_that_share_of_training_captions(tmp_path):
     info = synth.generate_corpus(tmp_path / "c", num_train=400, num_heldout=6, noise_rate=0.0, seed=3,
                                  image_size=16, shard_size=200, colour_mention=0.5)

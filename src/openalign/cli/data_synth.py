@@ -27,14 +27,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from openalign.cli._config_args import config_from_args
-    from openalign.corpus.synth import SynthConfig, generate_corpus, parse_fixed
+    from openalign.corpus.synth import SynthConfig, generate_corpus, scene_flag_error
     from openalign.errors import UserError
 
     cfg = config_from_args(SynthConfig, args)
     if not 0.0 <= cfg.noise_rate <= 1.0:
         raise UserError(f"--noise-rate {cfg.noise_rate}: must be between 0 and 1")
-    if not 0.0 <= cfg.colour_mention <= 1.0:
-        raise UserError(f"--colour-mention {cfg.colour_mention}: must be between 0 and 1")
+    if (err := scene_flag_error(cfg.fix, cfg.colour_mention)) is not None:
+        raise UserError(err)
     if not 0.0 <= cfg.heldout_fraction_of_combos < 1.0:
         raise UserError(f"--heldout-fraction {cfg.heldout_fraction_of_combos}: must be in [0, 1)")
     if cfg.num_train < 1 or cfg.num_heldout < 0 or cfg.shard_size < 1 or cfg.image_size < 16:
@@ -42,10 +42,6 @@ def run(args: argparse.Namespace) -> int:
     if cfg.world == "long-tail" and not (0.0 <= cfg.zipf_s <= 10.0 and 3 <= cfg.num_concepts <= 384):
         raise UserError(f"--zipf-s {cfg.zipf_s} / --num-concepts {cfg.num_concepts}: need 0 <= s <= 10 and "
                         "3 <= concepts <= 384")
-    try:
-        parse_fixed(cfg.fix)
-    except ValueError as exc:
-        raise UserError(f"--{exc}") from None
     with tqdm(total=cfg.num_train, desc="synth", unit=" img") as bar:
         info = generate_corpus(args.out, **asdict(cfg), progress=bar.update)
     noise = ", ".join(f"{k} {v}" for k, v in info.noise_counts.items())

@@ -42,15 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from openalign.apps.demo import DemoConfig, run_demo
     from openalign.cli._config_args import config_from_args
 
-    from openalign.corpus.synth import parse_fixed
+    from openalign.corpus.synth import scene_flag_error
     from openalign.errors import UserError
 
     cfg = config_from_args(DemoConfig, args)
-    try:
-        parse_fixed(cfg.fix)
-    except ValueError as exc:
-        raise UserError(f"--{exc}") from None
-    if not 0.0 <= cfg.colour_mention <= 1.0:
-        raise UserError(f"--colour-mention {cfg.colour_mention}: must be between 0 and 1")
+    if (err := scene_flag_error(cfg.fix, cfg.colour_mention)) is not None:
+        raise UserError(err)
     run_demo(cfg)
     return 0

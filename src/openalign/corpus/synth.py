@@ -109,6 +109,18 @@ def parse_fixed(text: str) -> Fixed:
     return tuple(sorted(out.items()))
 
 
+def scene_flag_error(fix: str, colour_mention: float) -> str | None:
+    """The one-line message for a bad ``--fix`` or ``--colour-mention``, named by flag; None when both are good.
+    The CLIs (``data synth``, ``demo``) turn it into a UserError before any work starts."""
+    try:
+        parse_fixed(fix)
+    except ValueError as exc:
+        return f"--{exc}"
+    if not 0.0 <= colour_mention <= 1.0:
+        return f"--colour-mention {colour_mention}: must be between 0 and 1"
+    return None
+
+
 def sample_attrs(rng: random.Random, combos: list[tuple[str, str]], fixed: Fixed = ()) -> Attrs:
     """A random scene of one of ``combos``; ``fixed`` attributes take their given value (drawn first
     all the same, so the others come out as in the unfixed world)."""
