@@ -120,26 +120,54 @@ class Dialect:
 
     name: str
     tokens: Callable[[str], str]  # text column -> list of normalised tokens (the module doc's definition)
-    gram_ids: Callable[[str], str]  # token list -> list of 64-bit ids: one per unigram, then one per bigram
+    uni_ids: Callable[[str], str]  # token list -> list of 64-bit unigram ids
+    bigram_ids: Callable[[str], str]  # unigram-id list -> unigram ids, then one id per adjacent pair
     size: Callable[[str], str]
     explode: Callable[[str], str]
     row_id: str  # a unique integer per row of a SELECT
+    # DuckDB only: tokenise when counting instead of storing every text's gram-id list (the largest
+    # table: ~2 GiB at 10M pairs). fast_path(text) -> boolean column saying the text is ASCII words
+    # and single spaces; tokens_given(text, flag) and count_given(text, flag) use it, so the regex
+    # test runs once per text. Spark stores the lists: its tokeniser is a Python UDF, run once.
+    fast_path: Callable[[str], str] | None = None
+    tokens_given: Callable[[str, str], str] | None = None
+    count_given: Callable[[str, str], str] | None = None
 
 
 # DuckDB: NFC, simple (per-code-point) lower-casing, then runs of letters/marks/numbers. Its lower()
 # is the simple Unicode mapping (utf8proc), which is the definition, so SQL implements it natively.
+# Fast path, same tokens: a text of ASCII words and single spaces splits on the spaces, 5-8x
+# cheaper than the regex (DuckDB's regexp_extract_all costs ~4 us per alt-text here).
+_DUCKDB_FAST = "regexp_full_match({x}, '[A-Za-z0-9]+( [A-Za-z0-9]+)*')"
+
+
+def _duckdb_regex_tokens(x: str) -> str:
+    # NUL separates anyway; replaced because DuckDB's NFC stops at it. The letter/mark/number class
+    # is Python's (its Unicode version), spelled out as ranges rather than RE2's \p{L}\p{M}\p{N},
+    # whose newer tables also count code points Python leaves unassigned (CJK Extension H, ...).
+    # Measured: the spelled-out class is no slower (0.37 vs 0.55 s per 200k mixed-script texts).
+    cls = _token_run().pattern.replace("'", "''")
+    return f"regexp_extract_all(lower(nfc_normalize(replace({x}, chr(0), ' '))), '{cls}')"
+
+
+def _duckdb_tokens_given(x: str, flag: str) -> str:
+    return f"CASE WHEN {flag} THEN string_split(lower({x}), ' ') ELSE {_duckdb_regex_tokens(x)} END"
+
+
 DUCKDB = Dialect(
     name="duckdb",
-    # Fast path, same tokens: a text of ASCII words and single spaces splits on the spaces, 5-8x
-    # cheaper than the regex (DuckDB's regexp_extract_all costs ~4 us per alt-text here).
-    tokens=lambda x: (rf"CASE WHEN regexp_full_match({x}, '[A-Za-z0-9]+( [A-Za-z0-9]+)*') THEN string_split(lower({x}), ' ') "
-                      # NUL separates anyway; replaced because DuckDB's NFC stops at it
-                      rf"ELSE regexp_extract_all(lower(nfc_normalize(replace({x}, chr(0), ' '))), '[\p{{L}}\p{{M}}\p{{N}}]+') END"),
-    gram_ids=lambda t: (f"list_concat(list_transform({t}, lambda s: hash(s)), "
-                        f"list_transform(range(1, len({t})), lambda i: hash({t}[i], {t}[i + 1])))"),
+    tokens=lambda x: _duckdb_tokens_given(x, _DUCKDB_FAST.format(x=x)),
+    uni_ids=lambda t: f"list_transform({t}, lambda s: hash(s))",
+    # a bigram's id hashes its two unigram ids (each string is hashed once)
+    bigram_ids=lambda h: f"list_concat({h}, list_transform(range(1, len({h})), lambda i: hash({h}[i], {h}[i + 1])))",
     size=lambda t: f"len({t})",
     explode=lambda t: f"unnest({t})",
     row_id="row_number() OVER ()",
+    fast_path=lambda x: _DUCKDB_FAST.format(x=x),
+    tokens_given=_duckdb_tokens_given,
+    # words and single spaces: the tokens are the spaces plus one
+    count_given=lambda x, flag: (f"CASE WHEN {flag} THEN length({x}) - length(replace({x}, ' ', '')) + 1 "
+                                 f"ELSE len({_duckdb_regex_tokens(x)}) END"),
 )
 # Spark: Java's lower() is the FULL mapping in the JVM's default locale ("İ" -> "i̇", final sigma)
 # and its regex tables follow the JVM's Unicode version, so Spark tokenises with the Python
@@ -147,9 +175,9 @@ DUCKDB = Dialect(
 SPARK = Dialect(
     name="spark",
     tokens=lambda x: f"openalign_tokens({x})",
-    gram_ids=lambda t: (f"concat(transform({t}, s -> xxhash64(s)), "
-                        f"zip_with(slice({t}, 1, greatest(size({t}) - 1, 0)), slice({t}, 2, greatest(size({t}) - 1, 0)), "
-                        "(a, b) -> xxhash64(a, b)))"),
+    uni_ids=lambda t: f"transform({t}, s -> xxhash64(s))",
+    bigram_ids=lambda h: (f"concat({h}, zip_with(slice({h}, 1, greatest(size({h}) - 1, 0)), "
+                          f"slice({h}, 2, greatest(size({h}) - 1, 0)), (a, b) -> xxhash64(a, b)))"),
     size=lambda t: f"size({t})",
     explode=lambda t: f"explode({t})",
     row_id="monotonically_increasing_id()",
@@ -222,34 +250,46 @@ def _cutoff_sql(cfg: TextFilterConfig) -> str:
 def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
     """The filter as named SQL steps over the view ``raw_input(url, text, page_url)``.
 
-    Each distinct alt-text is tokenised once; its grams become 64-bit ids (a hash of the unigram,
-    or of the two unigrams of a bigram), so counting and the rare-token join run on integers, not
-    strings. Two grams sharing an id would share a count: about G^2 / 2^65 expected collisions for
-    G distinct grams (1e-5 at G = 1e7), each able to keep a rare gram alive, never to drop a pair.
+    Each distinct alt-text is tokenised once per pass over the grams; its grams become 64-bit ids
+    (a hash of the unigram, or of the two unigram ids of a bigram), so counting and the rare-token
+    join run on integers, not strings. Two grams sharing an id would share a count: about
+    G^2 / 2^65 expected collisions for G distinct grams (1e-5 at G = 1e7), each able to keep a rare
+    gram alive, never to drop a pair. Pairs and texts get integer ids, so the labels are
+    (pair id, rule) rows rather than a second copy of the strings.
     """
+    texts = "SELECT text, CAST(sum(n_rows) AS BIGINT) AS n_rows, count(*) AS n_images FROM pairs GROUP BY text"
+    if d.fast_path is None:  # store each text's gram-id list
+        text_info = f"""
+            SELECT {d.row_id} AS tid, text, n_rows, n_images, {d.size('toks')} AS n_uni, {d.bigram_ids(d.uni_ids('toks'))} AS grams
+            FROM (SELECT text, n_rows, n_images, {d.tokens('text')} AS toks FROM ({texts}) t) x"""
+        text_grams = f"SELECT tid, n_rows, {d.explode('grams')} AS g FROM text_info"
+    else:  # tokenise again wherever the grams are read (once with the default rule)
+        text_info = f"""
+            SELECT {d.row_id} AS tid, text, n_rows, n_images, fast, {d.count_given('text', 'fast')} AS n_uni
+            FROM (SELECT *, {d.fast_path('text')} AS fast FROM ({texts}) t) x"""
+        text_grams = f"""SELECT tid, n_rows, {d.explode(d.bigram_ids('h'))} AS g
+            FROM (SELECT tid, n_rows, {d.uni_ids(d.tokens_given('text', 'fast'))} AS h FROM text_info) x"""
     return [
         Step("valid", "SELECT url, text, page_url FROM raw_input WHERE url IS NOT NULL AND url <> '' AND text IS NOT NULL"),
-        Step("pairs", "SELECT url, text, min(page_url) AS page_url, count(*) AS n_rows FROM valid GROUP BY url, text",
-             reused=True),
-        Step("text_info", f"""
-            SELECT {d.row_id} AS tid, text, n_rows, n_images, {d.size('toks')} AS n_uni, {d.gram_ids('toks')} AS grams
-            FROM (SELECT text, n_rows, n_images, {d.tokens('text')} AS toks
-                  FROM (SELECT text, sum(n_rows) AS n_rows, count(*) AS n_images FROM pairs GROUP BY text) t) x""",
+        Step("pairs", f"""SELECT {d.row_id} AS pid, url, text, page_url, n_rows FROM (
+                            SELECT url, text, min(page_url) AS page_url, count(*) AS n_rows FROM valid GROUP BY url, text) v""",
              reused=True, row_ids=True),
-        Step("text_grams", f"SELECT tid, n_rows, {d.explode('grams')} AS g FROM text_info"),
-        # A gram's count is at least the number of texts holding it, so a gram seen once or twice
+        Step("text_info", text_info, reused=True, row_ids=True),
+        Step("text_grams", text_grams),
+        # A gram's count is at least the number of texts holding it, so a gram counted once or twice
         # names all its texts by its smallest and largest text id: for those, the rare-token rule
-        # needs no second pass over the grams (the default K = 3 only ever has such rare grams).
-        Step("gram_counts", """SELECT g, sum(n_rows) AS cnt, count(*) AS n_texts, min(tid) AS tid_lo, max(tid) AS tid_hi
-                               FROM text_grams GROUP BY g""", reused=True),
+        # needs no second pass over the grams (the default K = 3 only ever has such rare grams;
+        # rare grams counted 3 or more times, possible with a larger K or top-N, take the join).
+        Step("gram_counts", "SELECT g, sum(n_rows) AS cnt, min(tid) AS tid_lo, max(tid) AS tid_hi FROM text_grams GROUP BY g",
+             reused=True),
         Step("cutoff", _cutoff_sql(cfg), reused=True),
-        Step("rare_wide", "SELECT g FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND n_texts > 2", reused=True),
-        Step("rare_texts", """SELECT tid_lo AS tid FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND n_texts <= 2
-                              UNION SELECT tid_hi FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND n_texts <= 2
+        Step("rare_wide", "SELECT g FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND cnt > 2", reused=True),
+        Step("rare_texts", """SELECT tid_lo AS tid FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND cnt <= 2
+                              UNION SELECT tid_hi FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND cnt <= 2
                               UNION SELECT tg.tid FROM text_grams tg JOIN rare_wide r ON tg.g = r.g""", reused=True),
         Step("image_texts", "SELECT url, count(*) AS n_texts FROM pairs GROUP BY url"),
         Step("labelled", f"""
-            SELECT p.url, p.text, p.page_url,
+            SELECT p.pid,
               CASE WHEN x.n_images > {int(cfg.max_images_per_text)} THEN 'text_shared'
                    WHEN it.n_texts > {int(cfg.max_texts_per_image)} THEN 'image_many_texts'
                    WHEN r.tid IS NOT NULL THEN 'rare_token'
@@ -271,7 +311,8 @@ COUNT_SQL = {
     "distinct_grams": "SELECT count(*) FROM gram_counts",
     "by_rule": "SELECT dropped_by, count(*) FROM labelled GROUP BY dropped_by",
 }
-OUTPUT_SQL = "SELECT url, text, page_url FROM labelled WHERE dropped_by IS NULL ORDER BY url, text"
+OUTPUT_SQL = ("SELECT p.url, p.text, p.page_url FROM pairs p JOIN labelled l ON p.pid = l.pid "
+              "WHERE l.dropped_by IS NULL ORDER BY p.url, p.text")
 
 
 @dataclass
