@@ -5,8 +5,8 @@
 sweep: the caption-noise rate at a fixed corpus size (8k pairs): 0 / 20% / 80% noisy captions
        (swapped with another image's, junk alt-text, or one attribute wrong; synth.py's mix).
 scale: a small clean corpus (1k pairs, 0% noise) against larger noisy ones (8k pairs at 20% noise,
-       32k pairs at 50% noise) and the clean 8k, all trained for the same steps (250 x 128 = 32k samples: 32
-       epochs of 1k, 4 of 8k, 1 of 32k). Every corpus uses the same images per index and the same
+       32k pairs at 50% noise) and the clean 8k, all trained for the same steps (at the default 250: 250 x 128 =
+       32k samples: 32 epochs of 1k, 4 of 8k, 1 of 32k). Every corpus uses the same images per index and the same
        held-out split (the base corpus's), so only size and caption noise change.
 """
 
@@ -81,7 +81,7 @@ def main() -> None:
     save_results(args.out, name, recs_all)
     texts = []
     for part, table, title in (("sweep", SWEEP, "Caption-noise rate at fixed size (8k pairs), same compute"),
-                               ("scale", SCALE, "Corpus size x noise at the same compute (250 x 128 samples)")):
+                               ("scale", SCALE, f"Corpus size x noise at the same compute ({args.steps} x 128 samples)")):
         rows = summarise(_relabel(recs_all, table), [lab for lab, _, _ in table])
         if not rows:
             continue
