@@ -222,12 +222,12 @@ def test_spark_matches_duckdb(data: Path, tmp_path: Path, spark, cfg: TextFilter
 
 
 def test_memory_limit_spills_to_temp_dir_and_keeps_the_result(tmp_path: Path) -> None:
-    """Under a tight --memory-limit DuckDB spills to --temp-dir: same output, the spill folder removed."""
+    """Under a tight --memory-limit DuckDB spills to --temp-dir (made if missing, parents too): same
+    output, the spill folder removed."""
     src = tmp_path / "z.parquet"
     _zipf(100_000).to_parquet(src)
     free = filter_pairs(src, tmp_path / "free.parquet", TextFilterConfig(), threads=1)
-    spill = tmp_path / "spill"
-    spill.mkdir()
+    spill = tmp_path / "scratch" / "spill"  # not there yet
     tight = filter_pairs(src, tmp_path / "tight.parquet", TextFilterConfig(), threads=1, memory_limit="45MB",
                          temp_dir=spill)
     assert free.spilled_bytes == 0 and tight.spilled_bytes > 0

@@ -458,6 +458,7 @@ def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFi
                 threads: int | None, memory_limit: str | None, temp_dir: str | Path | None,
                 on_step: Callable[[str], None], compress_spill: bool = False) -> dict[str, Any]:
     spill_root = Path(temp_dir or out.parent)
+    spill_root.mkdir(parents=True, exist_ok=True)  # DuckDB makes its spill folder, not the folders above it
     _remove_stale_spill(spill_root)
     spill = spill_root / f"{SPILL_PREFIX}{_host()}-{os.getpid()}"  # removed when done
     # compress_spill: the intermediate tables live in a DuckDB database file in the spill folder
