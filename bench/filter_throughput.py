@@ -104,8 +104,10 @@ def duckdb_filter(path: str, *params: int) -> dict:
     out = Path(tempfile.mkdtemp()) / "pairs.parquet"
     s = filter_pairs(path, out, filter_config(*params), memory_limit=os.environ.get("BENCH_MEMORY_LIMIT") or None,
                      temp_dir=os.environ.get("BENCH_TEMP_DIR") or None,
-                     compress_spill=os.environ.get("BENCH_COMPRESS_SPILL") == "1")
-    return {"kept": s.kept, "removed": s.removed, "rows_in": s.rows_in, "spilled_mb": s.spilled_bytes / 2**20}
+                     compress_spill=os.environ.get("BENCH_COMPRESS_SPILL") == "1",
+                     gram_passes=int(os.environ.get("BENCH_GRAM_PASSES") or 0) or None)
+    return {"kept": s.kept, "removed": s.removed, "rows_in": s.rows_in, "spilled_mb": s.spilled_bytes / 2**20,
+            "gram_passes": s.gram_passes}
 
 
 def child(impl: str, path: str, params: list[int]) -> None:
@@ -209,6 +211,7 @@ def main() -> None:
     ap.add_argument("--memory-limit", default=None, help="DuckDB memory_limit, e.g. 4GB (it spills past it)")
     ap.add_argument("--temp-dir", default=None, help="DuckDB spill folder (default: beside its output)")
     ap.add_argument("--compress-spill", action="store_true", help="intermediate tables in a compressed DuckDB file")
+    ap.add_argument("--gram-passes", type=int, default=None, help="count the grams in N passes (default: the filter's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=None, help="reuse a generated Parquet file")
     ap.add_argument("--skip", choices=["pandas", "duckdb"], default=None)
@@ -229,6 +232,7 @@ def main() -> None:
     rule = f"min_count {a.min_count}" if a.top_n is None else f"top_n {a.top_n:,}"
     os.environ["BENCH_MEMORY_LIMIT"], os.environ["BENCH_TEMP_DIR"] = a.memory_limit or "", a.temp_dir or ""
     os.environ["BENCH_COMPRESS_SPILL"] = "1" if a.compress_spill else ""
+    os.environ["BENCH_GRAM_PASSES"] = str(a.gram_passes or "")
     engines = [e.strip() for e in a.engines.split(",") if e.strip() and e.strip() != a.skip]
     if unknown := set(engines) - {"duckdb", "spark", "pandas"}:
         ap.error(f"--engines: unknown {', '.join(sorted(unknown))}; use duckdb, spark, pandas")
@@ -242,7 +246,8 @@ def main() -> None:
             print(f"{impl:<7} {a.pairs / r['seconds']:>12,.0f} pairs/s  {r['seconds']:>8.1f} s  "
                   f"peak RSS {r['peak_rss_mb']:>8,.0f} MiB  kept {r['kept']:,}  "
                   f"rare_token removed {rare:,} ({rare / max(r['rows_in'], 1):.1%} of rows, {rule})"
-                  + (f"  spilled {r['spilled_mb']:,.0f} MiB" if r.get("spilled_mb") else ""))
+                  + (f"  spilled {r['spilled_mb']:,.0f} MiB" if r.get("spilled_mb") else "")
+                  + (f"  grams in {r['gram_passes']} passes" if r.get("gram_passes", 1) > 1 else ""))
     spark_ok = report_spark(results, a.spark_master)
     d, p = results.get("duckdb", {}), results.get("pandas", {})
     if "seconds" in d and "seconds" in p:

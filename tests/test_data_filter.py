@@ -236,6 +236,37 @@ def test_memory_limit_spills_to_temp_dir_and_keeps_the_result(tmp_path: Path) ->
     assert list(spill.iterdir()) == []  # DuckDB's spill files do not outlive the run
 
 
+@pytest.mark.parametrize("top_n", [None, 3000])
+def test_gram_passes_count_the_same_grams(tmp_path: Path, top_n) -> None:
+    """Counting the grams in passes (each over a share of the gram ids) changes nothing the filter
+    reports or keeps, with the count rule and with top-N (whose cutoff needs every gram's count)."""
+    src = tmp_path / "z.parquet"
+    _zipf(20_000).to_parquet(src)
+    cfg = TextFilterConfig(vocab_top_n=top_n)
+    one = filter_pairs(src, tmp_path / "one.parquet", cfg, threads=1)
+    three = filter_pairs(src, tmp_path / "three.parquet", cfg, threads=1, gram_passes=3)
+    assert (one.gram_passes, three.gram_passes) == (1, 3)
+    assert (three.kept, three.removed, three.vocab_size, three.distinct_grams, three.rare_below) == \
+        (one.kept, one.removed, one.vocab_size, one.distinct_grams, one.rare_below)
+    assert one.removed["rare_token"] > 0
+    assert _out(tmp_path / "three.parquet") == _out(tmp_path / "one.parquet")
+
+
+def test_gram_passes_grow_as_the_memory_limit_shrinks() -> None:
+    import duckdb
+
+    from openalign.corpus.filter import gram_passes
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE text_info AS SELECT range AS tid, 10 AS n_uni FROM range(100000)")  # 1.9M grams
+    seen = []
+    for limit in ("1GB", "20MB", "5MB"):
+        con.execute(f"SET memory_limit = '{limit}'")
+        seen.append(gram_passes(con))
+    assert seen[0] == 1 and seen[0] < seen[1] < seen[2]
+    assert gram_passes(con, passes=2) == 2  # given, it wins
+
+
 def test_compress_spill_keeps_tables_in_a_database_file(tmp_path: Path, monkeypatch) -> None:
     """With compress_spill the intermediate tables go to a DuckDB file in the spill folder (stored
     compressed), seen while the filter runs, counted in spilled_bytes and removed after."""

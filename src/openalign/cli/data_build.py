@@ -113,7 +113,8 @@ def cmd_filter(a: argparse.Namespace) -> int:
         stats = filter_pairs(a.inputs, a.out, cfg, engine=opts.engine, url_column=opts.url_column,
                              text_column=opts.text_column, threads=opts.threads, memory_limit=opts.memory_limit,
                              temp_dir=opts.temp_dir, spark_master=opts.spark_master,
-                             compress_spill=opts.compress_spill, on_step=lambda n: bar.update())
+                             compress_spill=opts.compress_spill, gram_passes=opts.gram_passes,
+                             on_step=lambda n: bar.update())
     print(format_stats_table(stats))
     return 0
 

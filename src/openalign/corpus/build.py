@@ -57,6 +57,8 @@ class BuildConfig:
     temp_dir: str | None = field(default=None, metadata={"help": "folder for the filter's spill files (default: --out)"})
     compress_spill: bool = field(default=False, metadata={
         "help": "with --memory-limit: the filter's intermediate tables in a compressed file (half the disk, slower)"})
+    gram_passes: int | None = field(default=None, metadata={
+        "help": "the filter counts uni/bigrams in this many passes (default: enough to fit in half --memory-limit)"})
     vocab_size: int = field(default=100_000, metadata={"help": "WordPiece vocabulary size"})
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     filter: TextFilterConfig = field(default_factory=TextFilterConfig)
@@ -130,7 +132,8 @@ def run_filter(cfg: BuildConfig, out: Path, progress: bool) -> tuple[list[str], 
     with _bar("filter", N_STEPS, progress) as bar:
         stats = filter_pairs(out / "candidates.parquet", out / "pairs.parquet", cfg.filter, engine=cfg.engine,
                              memory_limit=cfg.memory_limit, temp_dir=cfg.temp_dir,
-                             compress_spill=cfg.compress_spill, on_step=lambda name: bar.update())
+                             compress_spill=cfg.compress_spill, gram_passes=cfg.gram_passes,
+                             on_step=lambda name: bar.update())
     return ["pairs.parquet", "filter_stats.json"], {"kept": stats.kept, "removed": stats.removed}
 
 

@@ -32,6 +32,7 @@ import functools
 import glob
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -109,6 +110,9 @@ class FilterOptions:
     compress_spill: bool = field(default=False, metadata={
         "help": "with --memory-limit: keep the intermediate tables in a compressed DuckDB file in --temp-dir "
                 "(half the disk of spilled temporary tables, ~1.3x slower at 10M pairs)"})
+    gram_passes: int | None = field(default=None, metadata={
+        "help": "DuckDB counts the uni/bigrams in this many passes, each over a share of them (default: "
+                "enough that one pass fits in half --memory-limit; every pass tokenises the texts again)"})
     spark_master: str | None = field(default="local[*]", metadata={
         "help": "Spark master for --engine spark: local[N], spark://HOST:7077, yarn, k8s://...; "
                 "none = the one spark-submit or spark-defaults.conf gives"})
@@ -227,6 +231,17 @@ class Step:
     sql: str
     reused: bool = False  # read by more than one later step: materialise / cache it
     row_ids: bool = False  # numbers its rows: Spark must not recompute it (ids would change)
+    # An aggregate DuckDB may run in passes, each over a share of this column's hash values (the SQL
+    # marks where the pass's WHERE goes with PASS_MARK; a comment, so the SQL runs as is in one pass).
+    passes_over: str | None = None
+
+
+PASS_MARK = "/*pass*/"
+# DuckDB's hash-aggregate state per distinct gram (key, sum, min, max, hash and pointer), measured
+# order of magnitude; and the share of a corpus's gram occurrences that are distinct grams (21% on
+# the bench's Zipf corpus at 2M pairs; real alt-text repeats more).
+GRAM_GROUP_BYTES = 64
+DISTINCT_GRAM_SHARE = 0.25
 
 
 def _cutoff_sql(cfg: TextFilterConfig) -> str:
@@ -280,8 +295,11 @@ def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
         # names all its texts by its smallest and largest text id: for those, the rare-token rule
         # needs no second pass over the grams (the default K = 3 only ever has such rare grams;
         # rare grams counted 3 or more times, possible with a larger K or top-N, take the join).
-        Step("gram_counts", "SELECT g, sum(n_rows) AS cnt, min(tid) AS tid_lo, max(tid) AS tid_hi FROM text_grams GROUP BY g",
-             reused=True),
+        # DuckDB spills an aggregate of mostly-unique keys almost unaggregated (~40 bytes per gram
+        # occurrence: ~100 GB at 100M pairs), so past its memory it counts the grams in passes, each
+        # over a share of the gram ids (see gram_passes); every pass tokenises the texts again.
+        Step("gram_counts", f"""SELECT g, sum(n_rows) AS cnt, min(tid) AS tid_lo, max(tid) AS tid_hi
+                                FROM text_grams {PASS_MARK} GROUP BY g""", reused=True, passes_over="g"),
         Step("cutoff", _cutoff_sql(cfg), reused=True),
         Step("rare_wide", "SELECT g FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND cnt > 2", reused=True),
         Step("rare_texts", """SELECT tid_lo AS tid FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND cnt <= 2
@@ -330,6 +348,7 @@ class FilterStats:
     vocab_threshold: int = 0  # ... and its value (N or K)
     rare_below: int = 0  # the count in effect: a gram seen fewer times is rare (K, or the N-th gram's count)
     spilled_bytes: int = 0  # most DuckDB held in its temp folder after any step (0: all in memory)
+    gram_passes: int = 1  # passes DuckDB took to count the grams (more than one past its memory)
     seconds: float = 0.0
 
     def to_json(self) -> str:
@@ -348,6 +367,7 @@ def _stats_from_counts(stats: FilterStats, counts: dict[str, Any]) -> FilterStat
     stats.vocab_size = int(counts["vocab"])
     stats.rare_below = int(counts["cutoff"])
     stats.spilled_bytes = int(counts.get("spilled_bytes", 0))
+    stats.gram_passes = int(counts.get("gram_passes", 1))
     stats.distinct_grams = int(counts["distinct_grams"])
     return stats
 
@@ -456,7 +476,8 @@ def _remove_stale_spill(root: Path) -> None:
 
 def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFilterConfig, out: Path,
                 threads: int | None, memory_limit: str | None, temp_dir: str | Path | None,
-                on_step: Callable[[str], None], compress_spill: bool = False) -> dict[str, Any]:
+                on_step: Callable[[str], None], compress_spill: bool = False,
+                passes: int | None = None) -> dict[str, Any]:
     spill_root = Path(temp_dir or out.parent)
     spill_root.mkdir(parents=True, exist_ok=True)  # DuckDB makes its spill folder, not the folders above it
     _remove_stale_spill(spill_root)
@@ -483,11 +504,18 @@ def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFi
     con.execute("SET preserve_insertion_order = false")
     file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     con.execute(f"CREATE TEMP VIEW raw_input AS {_input_select(*cols)} FROM read_parquet([{file_list}], union_by_name = true)")
-    spilled = 0
+    spilled, used_passes = 0, 1
     try:
         for step in filter_steps(cfg, DUCKDB):
             kind = ("TABLE" if on_disk else "TEMP TABLE") if step.reused else "TEMP VIEW"
-            con.execute(f"CREATE {kind} {step.name} AS {step.sql}")
+            n = gram_passes(con, passes) if step.passes_over else 1
+            if n > 1:
+                used_passes = n
+                log.info("%s in %d passes (memory limit %s)", step.name, n, _memory_limit(con))
+            for i in range(n):
+                sql = step.sql.replace(PASS_MARK, f"WHERE {step.passes_over} % {n} = {i}" if n > 1 else "")
+                con.execute(f"CREATE {kind} {step.name} AS {sql}" if i == 0 else f"INSERT INTO {step.name} {sql}")
+                spilled = max(spilled, _spilled_bytes(con, spill))
             if on_disk and step.reused:
                 con.execute("CHECKPOINT")  # the table to the file, out of the buffer pool
             spilled = max(spilled, _spilled_bytes(con, spill))
@@ -498,7 +526,27 @@ def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFi
         shutil.rmtree(spill, ignore_errors=True)
     on_step("write")
     counts["spilled_bytes"] = spilled
+    counts["gram_passes"] = used_passes
     return counts
+
+
+_UNITS = {"bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _memory_limit(con: Any) -> int:
+    """DuckDB's memory limit in bytes (its setting reads e.g. '6.5 GiB')."""
+    value, unit = str(con.execute("SELECT current_setting('memory_limit')").fetchone()[0]).split()
+    return int(float(value) * _UNITS[unit.lower()])
+
+
+def gram_passes(con: Any, passes: int | None = None) -> int:
+    """How many passes the gram count takes: ``passes`` if given, else enough that one pass's hash
+    table (estimated from the gram occurrences in ``text_info``) fits in half the memory limit."""
+    if passes:
+        return max(1, int(passes))
+    occurrences = con.execute("SELECT coalesce(sum(greatest(2 * n_uni - 1, 0)), 0) FROM text_info").fetchone()[0]
+    need = float(occurrences) * DISTINCT_GRAM_SHARE * GRAM_GROUP_BYTES
+    return max(1, math.ceil(need / (0.5 * _memory_limit(con))))
 
 
 def _spilled_bytes(con: Any, spill: Path) -> int:
@@ -565,7 +613,7 @@ def _run_spark(files: list[str], cols: tuple[str, str, str | None], cfg: TextFil
     _register_spark_tokens(spark)
     cached = []
     for step in filter_steps(cfg, SPARK):
-        sdf = spark.sql(step.sql)
+        sdf = spark.sql(step.sql.replace(PASS_MARK, ""))
         if step.row_ids:  # materialised without lineage: a recomputation would renumber the rows
             sdf = sdf.localCheckpoint(eager=True)
         elif step.reused:
@@ -590,7 +638,8 @@ def filter_pairs(inputs: list[str | Path] | str | Path, out: str | Path, cfg: Te
                  engine: str = "duckdb", url_column: str | None = None, text_column: str | None = None,
                  stats_path: str | Path | None = None, threads: int | None = None, memory_limit: str | None = None,
                  temp_dir: str | Path | None = None, spark: Any = None, on_step: Callable[[str], None] | None = None,
-                 spark_master: str | None = "local[*]", compress_spill: bool = False) -> FilterStats:
+                 spark_master: str | None = "local[*]", compress_spill: bool = False,
+                 gram_passes: int | None = None) -> FilterStats:
     """Apply the text rules to Parquet ``inputs``; write ``out`` (Parquet) and ``filter_stats.json`` beside it.
 
     ``engine="duckdb"`` writes one Parquet file; ``engine="spark"`` writes a folder of part files
@@ -608,7 +657,8 @@ def filter_pairs(inputs: list[str | Path] | str | Path, out: str | Path, cfg: Te
     stats.vocab_rule, stats.vocab_threshold = cfg.vocab_rule
     t0 = time.perf_counter()
     if engine == "duckdb":
-        counts = _run_duckdb(files, cols, cfg, out, threads, memory_limit, temp_dir, step_cb, compress_spill)
+        counts = _run_duckdb(files, cols, cfg, out, threads, memory_limit, temp_dir, step_cb, compress_spill,
+                             gram_passes)
     elif engine == "spark":
         counts = _run_spark(files, cols, cfg, out, spark or spark_session(spark_master), step_cb)
     else:
