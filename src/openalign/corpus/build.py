@@ -58,7 +58,7 @@ class BuildConfig:
     compress_spill: bool = field(default=False, metadata={
         "help": "with --memory-limit: the filter's intermediate tables in a compressed file (half the disk, slower)"})
     gram_passes: int | None = field(default=None, metadata={
-        "help": "the filter counts uni/bigrams in this many passes (default: enough to fit in half --memory-limit)"})
+        "help": "the filter counts uni/bigrams in this many passes (default: one, or more past --memory-limit)"})
     vocab_size: int = field(default=100_000, metadata={"help": "WordPiece vocabulary size"})
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     filter: TextFilterConfig = field(default_factory=TextFilterConfig)
