@@ -252,6 +252,23 @@ def test_gram_passes_count_the_same_grams(tmp_path: Path, top_n) -> None:
     assert _out(tmp_path / "three.parquet") == _out(tmp_path / "one.parquet")
 
 
+def test_folder_peak_sees_a_file_that_came_and_went(tmp_path: Path) -> None:
+    """The spill peaks inside a step: the watcher must report a size the folder no longer has."""
+    import time
+
+    from openalign.corpus.filter import FolderPeak
+
+    watch = FolderPeak(tmp_path / "spill", every=0.02).start()  # the folder appears later
+    (tmp_path / "spill" / "sub").mkdir(parents=True)
+    (tmp_path / "spill" / "sub" / "block.tmp").write_bytes(b"x" * 100_000)
+    (tmp_path / "spill" / "db").write_bytes(b"y" * 1000)
+    deadline = time.monotonic() + 30
+    while watch.peak < 101_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (tmp_path / "spill" / "sub" / "block.tmp").unlink()
+    assert watch.stop() == 101_000 and watch.size() == 1000
+
+
 def test_gram_passes_grow_as_the_memory_limit_shrinks() -> None:
     import duckdb
 

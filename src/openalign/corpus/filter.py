@@ -38,6 +38,7 @@ import re
 import shutil
 import socket
 import sys
+import threading
 import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -347,7 +348,7 @@ class FilterStats:
     vocab_rule: str = ""  # "top_n" or "min_count": the rare-token threshold in effect ...
     vocab_threshold: int = 0  # ... and its value (N or K)
     rare_below: int = 0  # the count in effect: a gram seen fewer times is rare (K, or the N-th gram's count)
-    spilled_bytes: int = 0  # most DuckDB held in its temp folder after any step (0: all in memory)
+    spilled_bytes: int = 0  # most DuckDB held in its spill folder at any time (sampled every 0.5 s; 0: all in memory)
     gram_passes: int = 1  # passes DuckDB took to count the grams (more than one past its memory)
     seconds: float = 0.0
 
@@ -505,6 +506,7 @@ def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFi
     file_list = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     con.execute(f"CREATE TEMP VIEW raw_input AS {_input_select(*cols)} FROM read_parquet([{file_list}], union_by_name = true)")
     spilled, used_passes = 0, 1
+    watch = FolderPeak(spill).start()  # the spill peaks inside steps, where between-step readings miss it
     try:
         for step in filter_steps(cfg, DUCKDB):
             kind = ("TABLE" if on_disk else "TEMP TABLE") if step.reused else "TEMP VIEW"
@@ -522,10 +524,11 @@ def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFi
             on_step(step.name)
         counts = _duckdb_counts_and_write(con, out)
     finally:
+        watch.stop()
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
     on_step("write")
-    counts["spilled_bytes"] = spilled
+    counts["spilled_bytes"] = max(spilled, watch.peak)
     counts["gram_passes"] = used_passes
     return counts
 
@@ -550,6 +553,48 @@ def gram_passes(con: Any, passes: int | None = None) -> int:
     occurrences = con.execute("SELECT coalesce(sum(greatest(2 * n_uni - 1, 0)), 0) FROM text_info").fetchone()[0]
     need, limit = float(occurrences) * DISTINCT_GRAM_SHARE * GRAM_GROUP_BYTES, _memory_limit(con)
     return 1 if need <= limit else math.ceil(need / (0.5 * limit))
+
+
+class FolderPeak:
+    """The largest total size of the files under ``folder`` while watched: a thread sums them every
+    ``every`` seconds (files vanishing mid-walk are skipped). start() begins, stop() ends with one
+    last reading; ``peak`` is the result."""
+
+    def __init__(self, folder: str | Path, every: float = 0.5) -> None:
+        self.folder, self.every, self.peak = Path(folder), every, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spill-watch", daemon=True)
+
+    def size(self) -> int:
+        total, stack = 0, [self.folder]
+        while stack:
+            try:
+                with os.scandir(stack.pop()) as it:
+                    for e in it:
+                        try:
+                            if e.is_dir(follow_symlinks=False):
+                                stack.append(e.path)
+                            else:
+                                total += e.stat(follow_symlinks=False).st_size
+                        except OSError:
+                            pass
+            except OSError:  # not there (yet), or removed
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            self.peak = max(self.peak, self.size())
+
+    def start(self) -> "FolderPeak":
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.size())
+        return self.peak
 
 
 def _spilled_bytes(con: Any, spill: Path) -> int:
