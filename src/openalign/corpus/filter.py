@@ -126,7 +126,7 @@ class Dialect:
     name: str
     tokens: Callable[[str], str]  # text column -> list of normalised tokens (the module doc's definition)
     uni_ids: Callable[[str], str]  # token list -> list of 64-bit unigram ids
-    bigram_ids: Callable[[str], str]  # unigram-id list -> unigram ids, then one id per adjacent pair
+    gram_ids: Callable[[str], str]  # unigram-id list -> the gram ids: those unigram ids, then one per adjacent pair
     size: Callable[[str], str]
     explode: Callable[[str], str]
     row_id: str  # a unique integer per row of a SELECT
@@ -164,7 +164,7 @@ DUCKDB = Dialect(
     tokens=lambda x: _duckdb_tokens_given(x, _DUCKDB_FAST.format(x=x)),
     uni_ids=lambda t: f"list_transform({t}, lambda s: hash(s))",
     # a bigram's id hashes its two unigram ids (each string is hashed once)
-    bigram_ids=lambda h: f"list_concat({h}, list_transform(range(1, len({h})), lambda i: hash({h}[i], {h}[i + 1])))",
+    gram_ids=lambda h: f"list_concat({h}, list_transform(range(1, len({h})), lambda i: hash({h}[i], {h}[i + 1])))",
     size=lambda t: f"len({t})",
     explode=lambda t: f"unnest({t})",
     row_id="row_number() OVER ()",
@@ -181,7 +181,7 @@ SPARK = Dialect(
     name="spark",
     tokens=lambda x: f"openalign_tokens({x})",
     uni_ids=lambda t: f"transform({t}, s -> xxhash64(s))",
-    bigram_ids=lambda h: (f"concat({h}, zip_with(slice({h}, 1, greatest(size({h}) - 1, 0)), "
+    gram_ids=lambda h: (f"concat({h}, zip_with(slice({h}, 1, greatest(size({h}) - 1, 0)), "
                           f"slice({h}, 2, greatest(size({h}) - 1, 0)), (a, b) -> xxhash64(a, b)))"),
     size=lambda t: f"size({t})",
     explode=lambda t: f"explode({t})",
@@ -276,14 +276,14 @@ def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
     texts = "SELECT text, CAST(sum(n_rows) AS BIGINT) AS n_rows, count(*) AS n_images FROM pairs GROUP BY text"
     if d.fast_path is None:  # store each text's gram-id list
         text_info = f"""
-            SELECT {d.row_id} AS tid, text, n_rows, n_images, {d.size('toks')} AS n_uni, {d.bigram_ids(d.uni_ids('toks'))} AS grams
+            SELECT {d.row_id} AS tid, text, n_rows, n_images, {d.size('toks')} AS n_uni, {d.gram_ids(d.uni_ids('toks'))} AS grams
             FROM (SELECT text, n_rows, n_images, {d.tokens('text')} AS toks FROM ({texts}) t) x"""
         text_grams = f"SELECT tid, n_rows, {d.explode('grams')} AS g FROM text_info"
     else:  # tokenise again wherever the grams are read (once with the default rule)
         text_info = f"""
             SELECT {d.row_id} AS tid, text, n_rows, n_images, fast, {d.count_given('text', 'fast')} AS n_uni
             FROM (SELECT *, {d.fast_path('text')} AS fast FROM ({texts}) t) x"""
-        text_grams = f"""SELECT tid, n_rows, {d.explode(d.bigram_ids('h'))} AS g
+        text_grams = f"""SELECT tid, n_rows, {d.explode(d.gram_ids('h'))} AS g
             FROM (SELECT tid, n_rows, {d.uni_ids(d.tokens_given('text', 'fast'))} AS h FROM text_info) x"""
     return [
         Step("valid", "SELECT url, text, page_url FROM raw_input WHERE url IS NOT NULL AND url <> '' AND text IS NOT NULL"),
