@@ -105,11 +105,19 @@ def with_world(jobs: Iterable[Job], world: str) -> list[Job]:
     return [replace(j, world=world, overrides={**j.overrides, **RECIPE_OVERRIDES}) for j in jobs]
 
 
-def named(name: str, world: str) -> str:
+# The step budgets the earlier tables were run at keep their plain output names; any other budget is
+# part of the name (``-1200steps``), so a longer run never overwrites a shorter one's table.
+UNNAMED_STEPS = (DEFAULT_STEPS, 400)
+
+
+def named(name: str, world: str, steps: int = DEFAULT_STEPS) -> str:
     """Output name of an experiment on a testbed (the toy world keeps the plain name), with the
-    command line's recipe overrides, e.g. ``temperature-icons-text_init_std0.1``."""
+    command line's recipe overrides and the step budget, e.g. ``temperature-icons-text_init_std0.1``,
+    ``negatives-long-tail-fixed_T1_32-text_init_std0.1-1200steps``."""
     out = name if world == "toy" else f"{name}-{world}"
-    return out + "".join(f"-{k}{v:g}" for k, v in sorted(RECIPE_OVERRIDES.items()))
+    for k, v in sorted(RECIPE_OVERRIDES.items()):
+        out += f"-fixed_T1_{1 / v:g}" if k == "fixed_temperature" else f"-{k}{v:g}"
+    return out + ("" if steps in UNNAMED_STEPS else f"-{steps}steps")
 
 
 def base_train_config(steps: int):
@@ -338,6 +346,18 @@ def summarise(records: list[dict], labels: list[str]) -> list[dict]:
     return rows
 
 
+def temperature_arg(text: str) -> float:
+    """A temperature given as a number (0.03125) or a fraction (1/32)."""
+    try:
+        num, _, den = text.partition("/")
+        t = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a temperature such as 0.03125 or 1/32") from None
+    if not t > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the temperature must be positive")
+    return t
+
+
 def fmt(ms: tuple[float, float, list]) -> str:
     return f"{ms[0]:.1f} ± {ms[1]:.1f}"
 
@@ -425,6 +445,9 @@ def common_args(parser, default_seeds: int = DEFAULT_SEEDS):
     parser.add_argument("--text-init-std", type=float, action=_RecipeOverride, metavar="STD",
                         help="every run's text tower starts with this weight std (the tiny preset: 0.02); "
                              "outputs are named ...-text_init_std<STD>")
+    parser.add_argument("--fixed-temperature", type=temperature_arg, action=_RecipeOverride, metavar="T",
+                        help="base recipe with this fixed softmax temperature (e.g. 1/32) instead of the learnable "
+                             "one, for a world where the learnable one stays at chance; outputs are named ...-fixed_T1_<1/T>")
     return parser
 
 
@@ -461,16 +484,19 @@ def single_factor(name: str, title: str, configs: list[tuple[str, dict]], paper:
     (label, TrainConfig overrides) per seed; table + plot under docs/results/."""
 
     args = common_args(argparse.ArgumentParser(description=doc)).parse_args()
-    name = named(name, args.world)
+    name = named(name, args.world, args.steps)
     t0 = time.monotonic()
     js = []
     for s in range(args.seeds):
-        js.append(replace(baseline(s, args.steps), label=base_label))
+        # the base run's model is not needed here, so a base trained by another experiment (e.g. the
+        # temperature experiment's fixed 1/32 arm under --fixed-temperature 1/32) is reused
+        js.append(replace(baseline(s, args.steps, keep_model=False), label=base_label))
         js += [Job(lab, s, args.steps, overrides=ov) for lab, ov in configs]
     recs = run_jobs(args.out, with_world(js, args.world), args.parallel, run=not args.report_only)
     save_results(args.out, name, recs)
     rows = summarise(recs, [base_label, *(lab for lab, _ in configs)])
-    bar_plot(rows, DOCS / f"{name}.png", f"{title}, {args.world} world")
+    recipe = f", fixed T 1/{1 / RECIPE_OVERRIDES['fixed_temperature']:g}" if "fixed_temperature" in RECIPE_OVERRIDES else ""
+    bar_plot(rows, DOCS / f"{name}.png", f"{title}, {args.world} world{recipe}, {args.steps} steps")
     text = markdown_table(rows, paper, paper_header)
     text += (f"\n\ncompute: {sum(r['seconds'] for r in recs) / 60:.1f} run-minutes (all seeds, shared baseline "
              "included)" + ("" if args.report_only else f"; {(time.monotonic() - t0) / 60:.1f} min wall-clock this invocation"))

@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--scale-seeds", type=int, default=None, help="seeds for the scale part (default --seeds)")
     args = ap.parse_args()
     t0 = time.monotonic()
-    name = named(NAME, args.world)
+    name = named(NAME, args.world, args.steps)
     recs = run_jobs(args.out, with_world(jobs(args.part, args.seeds, args.steps, args.scale_seeds), args.world),
                     args.parallel, run=not args.report_only)
     # also pick up any cached runs of the other part

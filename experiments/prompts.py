@@ -80,7 +80,7 @@ def main() -> None:
                     help="also train (seed 0, kept) and evaluate a model with this fixed temperature")
     args = ap.parse_args()
     t0 = time.monotonic()
-    name = named(NAME, args.world)
+    name = named(NAME, args.world, args.steps)
     data_root = args.out / ("zeroshot" if args.world == "toy" else f"zeroshot-{args.world}")
     tasks = write_splits(data_root, args.world)
     recs = run_jobs(args.out, with_world([baseline(s, args.steps) for s in range(args.seeds)], args.world),

@@ -89,7 +89,7 @@ def main() -> None:
     ap = common_args(argparse.ArgumentParser(description=__doc__))
     ap.add_argument("--keep", type=float, default=0.8, help="fraction of pairs kept by the score filter")
     args = ap.parse_args()
-    name = named(NAME, args.world)
+    name = named(NAME, args.world, args.steps)
     t0 = time.monotonic()
     base_label, filt_label = "minimal filtering (all 8k)", f"+ score filter (top {args.keep:.0%})"
     bases = run_jobs(args.out, with_world([baseline(s, args.steps) for s in range(args.seeds)], args.world),

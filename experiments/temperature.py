@@ -42,7 +42,7 @@ def jobs(seeds: int, steps: int) -> list[Job]:
     return out
 
 
-def report(records: list[dict], wall: float | None = None, world: str = "toy") -> str:
+def report(records: list[dict], wall: float | None = None, world: str = "toy", steps: int = 250) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +50,7 @@ def report(records: list[dict], wall: float | None = None, world: str = "toy") -
     import numpy as np
 
     rows = summarise(records, LABELS)
-    name = named(NAME, world)
+    name = named(NAME, world, steps)
     png = DOCS / f"{name}.png"
     bar_plot(rows, png, f"Temperature (paper Table 8), {world} world")
     # second figure: learned temperature and losses over training
@@ -84,12 +84,15 @@ def report(records: list[dict], wall: float | None = None, world: str = "toy") -
 
 
 def main() -> None:
-    args = common_args(argparse.ArgumentParser(description=__doc__)).parse_args()
+    parser = common_args(argparse.ArgumentParser(description=__doc__))
+    args = parser.parse_args()
+    if args.fixed_temperature is not None:
+        parser.error("--fixed-temperature: this experiment varies the temperature itself; give it to the others")
     t0 = time.monotonic()
     js = with_world(jobs(args.seeds, args.steps), args.world)
     recs = run_jobs(args.out, js, args.parallel, run=not args.report_only)
-    save_results(args.out, named(NAME, args.world), recs)
-    print(report(recs, None if args.report_only else time.monotonic() - t0, args.world))
+    save_results(args.out, named(NAME, args.world, args.steps), recs)
+    print(report(recs, None if args.report_only else time.monotonic() - t0, args.world, args.steps))
 
 
 if __name__ == "__main__":
