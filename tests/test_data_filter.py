@@ -118,6 +118,37 @@ def test_duckdb_matches_reference(data: Path, tmp_path: Path, cfg: TextFilterCon
         assert all(n > 0 for n in removed.values()), removed  # the generated data exercises every rule
 
 
+@pytest.mark.parametrize("cfg", [SMALL, SMALL_COUNT])
+def test_wide_text_ids_match_the_reference(data: Path, tmp_path: Path, cfg: TextFilterConfig, monkeypatch) -> None:
+    """Inputs of 2^32 rows or more keep 64-bit pair and text ids and counts (below, 32-bit ones save
+    memory): forced here, the result is the reference's as well."""
+    import openalign.corpus.filter as filt
+
+    monkeypatch.setattr(filt, "NARROW_IDS_BELOW", 0)
+    stats = filter_pairs(data, tmp_path / "pairs.parquet", cfg)
+    kept, removed = reference(pd.read_parquet(data), cfg)
+    assert _out(tmp_path / "pairs.parquet") == kept and stats.removed == removed
+
+
+def test_gram_count_table_is_narrow_below_two_to_the_32_rows(data: Path) -> None:
+    """The gram count's columns: 64-bit gram ids and counts (never a 16-byte HUGEINT sum), text ids
+    in 32 bits when the input allows it, 64 otherwise."""
+    import duckdb
+
+    from openalign.corpus.filter import DUCKDB, filter_steps
+
+    for narrow, tid_type in ((True, "UINTEGER"), (False, "BIGINT")):
+        con = duckdb.connect()
+        con.execute(f"CREATE VIEW raw_input AS SELECT url, alt AS text, page_url FROM read_parquet('{data}')")
+        steps = {s.name: s for s in filter_steps(TextFilterConfig(), DUCKDB, narrow_ids=narrow)}
+        for name in ("valid", "pairs", "text_info", "text_grams"):
+            con.execute(f"CREATE VIEW {name} AS {steps[name].sql}")
+        types = dict(con.execute(f"DESCRIBE {steps['gram_counts'].sql.replace('/*pass*/', '')}").fetchall()[i][:2]
+                     for i in range(4))
+        assert types == {"g": "UBIGINT", "cnt": "BIGINT", "tid_lo": tid_type, "tid_hi": tid_type}, types
+        con.close()
+
+
 def test_stats_table_lists_rules_in_order(data: Path, tmp_path: Path) -> None:
     stats = filter_pairs(data, tmp_path / "pairs.parquet", SMALL)
     table = format_stats_table(stats)

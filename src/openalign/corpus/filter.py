@@ -238,6 +238,7 @@ class Step:
 
 
 PASS_MARK = "/*pass*/"
+NARROW_IDS_BELOW = 2**32  # input rows below which DuckDB keeps pair/text ids and counts in 32 bits
 # DuckDB's hash-aggregate state per distinct gram (key, sum, min, max, hash and pointer), measured
 # order of magnitude; and the share of a corpus's gram occurrences that are distinct grams (21% on
 # the bench's Zipf corpus at 2M pairs; real alt-text repeats more).
@@ -263,7 +264,7 @@ def _cutoff_sql(cfg: TextFilterConfig) -> str:
                WHERE cum >= {int(value)}"""
 
 
-def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
+def filter_steps(cfg: TextFilterConfig, d: Dialect, narrow_ids: bool = False) -> list[Step]:
     """The filter as named SQL steps over the view ``raw_input(url, text, page_url)``.
 
     Each distinct alt-text is tokenised once per pass over the grams; its grams become 64-bit ids
@@ -272,8 +273,19 @@ def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
     G^2 / 2^65 expected collisions for G distinct grams (1e-5 at G = 1e7), each able to keep a rare
     gram alive, never to drop a pair. Pairs and texts get integer ids, so the labels are
     (pair id, rule) rows rather than a second copy of the strings.
+
+    ``narrow_ids`` (DuckDB, when the input has fewer than 2^32 rows, so fewer pairs and texts):
+    pair and text ids and per-row counts are 32-bit integers. The gram count is the largest table
+    this filter builds (one row per distinct gram: ~50M rows at 10M pairs) and its hash table the
+    peak, so its row width is the memory: (id, count, lowest and highest text) is 8+8+4+4 bytes
+    instead of 8+8+8+8; its count is cast to BIGINT because DuckDB sums into a 16-byte HUGEINT.
+    Measured at 10M pairs, no memory limit: peak RSS 6.47 -> 5.81 GiB, the same output.
     """
-    texts = "SELECT text, CAST(sum(n_rows) AS BIGINT) AS n_rows, count(*) AS n_images FROM pairs GROUP BY text"
+    def narrow(x: str) -> str:
+        return f"CAST({x} AS UINTEGER)" if narrow_ids else x
+
+    texts = (f"SELECT text, CAST(sum(n_rows) AS {'UINTEGER' if narrow_ids else 'BIGINT'}) AS n_rows, "
+             f"{narrow('count(*)')} AS n_images FROM pairs GROUP BY text")
     if d.fast_path is None:  # store each text's gram-id list
         text_info = f"""
             SELECT {d.row_id} AS tid, text, n_rows, n_images, {d.size('toks')} AS n_uni, {d.gram_ids(d.uni_ids('toks'))} AS grams
@@ -281,14 +293,15 @@ def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
         text_grams = f"SELECT tid, n_rows, {d.explode('grams')} AS g FROM text_info"
     else:  # tokenise again wherever the grams are read (once with the default rule)
         text_info = f"""
-            SELECT {d.row_id} AS tid, text, n_rows, n_images, fast, {d.count_given('text', 'fast')} AS n_uni
+            SELECT {narrow(d.row_id)} AS tid, text, n_rows, n_images, fast, {narrow(d.count_given('text', 'fast'))} AS n_uni
             FROM (SELECT *, {d.fast_path('text')} AS fast FROM ({texts}) t) x"""
         text_grams = f"""SELECT tid, n_rows, {d.explode(d.gram_ids('h'))} AS g
             FROM (SELECT tid, n_rows, {d.uni_ids(d.tokens_given('text', 'fast'))} AS h FROM text_info) x"""
     return [
         Step("valid", "SELECT url, text, page_url FROM raw_input WHERE url IS NOT NULL AND url <> '' AND text IS NOT NULL"),
-        Step("pairs", f"""SELECT {d.row_id} AS pid, url, text, page_url, n_rows FROM (
-                            SELECT url, text, min(page_url) AS page_url, count(*) AS n_rows FROM valid GROUP BY url, text) v""",
+        Step("pairs", f"""SELECT {narrow(d.row_id)} AS pid, url, text, page_url, n_rows FROM (
+                            SELECT url, text, min(page_url) AS page_url, {narrow('count(*)')} AS n_rows
+                            FROM valid GROUP BY url, text) v""",
              reused=True, row_ids=True),
         Step("text_info", text_info, reused=True, row_ids=True),
         Step("text_grams", text_grams),
@@ -299,7 +312,7 @@ def filter_steps(cfg: TextFilterConfig, d: Dialect) -> list[Step]:
         # DuckDB spills an aggregate of mostly-unique keys almost unaggregated (~40 bytes per gram
         # occurrence: ~100 GB at 100M pairs), so past its memory it counts the grams in passes, each
         # over a share of the gram ids (see gram_passes); every pass tokenises the texts again.
-        Step("gram_counts", f"""SELECT g, sum(n_rows) AS cnt, min(tid) AS tid_lo, max(tid) AS tid_hi
+        Step("gram_counts", f"""SELECT g, CAST(sum(n_rows) AS BIGINT) AS cnt, min(tid) AS tid_lo, max(tid) AS tid_hi
                                 FROM text_grams {PASS_MARK} GROUP BY g""", reused=True, passes_over="g"),
         Step("cutoff", _cutoff_sql(cfg), reused=True),
         Step("rare_wide", "SELECT g FROM gram_counts WHERE cnt < (SELECT k FROM cutoff) AND cnt > 2", reused=True),
@@ -508,7 +521,8 @@ def _run_duckdb(files: list[str], cols: tuple[str, str, str | None], cfg: TextFi
     spilled, used_passes = 0, 1
     watch = FolderPeak(spill).start()  # the spill peaks inside steps, where between-step readings miss it
     try:
-        for step in filter_steps(cfg, DUCKDB):
+        narrow = con.execute("SELECT count(*) FROM raw_input").fetchone()[0] < NARROW_IDS_BELOW  # Parquet footers: no scan
+        for step in filter_steps(cfg, DUCKDB, narrow_ids=narrow):
             kind = ("TABLE" if on_disk else "TEMP TABLE") if step.reused else "TEMP VIEW"
             n = gram_passes(con, passes) if step.passes_over else 1
             if n > 1:
@@ -550,7 +564,7 @@ def gram_passes(con: Any, passes: int | None = None) -> int:
     (100M under 7GB: 56 GB of spill in one pass; 11 passes spilled nothing)."""
     if passes:
         return max(1, int(passes))
-    occurrences = con.execute("SELECT coalesce(sum(greatest(2 * n_uni - 1, 0)), 0) FROM text_info").fetchone()[0]
+    occurrences = con.execute("SELECT coalesce(sum(greatest(2 * CAST(n_uni AS BIGINT) - 1, 0)), 0) FROM text_info").fetchone()[0]
     need, limit = float(occurrences) * DISTINCT_GRAM_SHARE * GRAM_GROUP_BYTES, _memory_limit(con)
     return 1 if need <= limit else math.ceil(need / (0.5 * limit))
 
