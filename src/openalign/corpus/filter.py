@@ -279,7 +279,7 @@ def filter_steps(cfg: TextFilterConfig, d: Dialect, narrow_ids: bool = False) ->
     this filter builds (one row per distinct gram: ~50M rows at 10M pairs) and its hash table the
     peak, so its row width is the memory: (id, count, lowest and highest text) is 8+8+4+4 bytes
     instead of 8+8+8+8; its count is cast to BIGINT because DuckDB sums into a 16-byte HUGEINT.
-    Measured at 10M pairs, no memory limit: peak RSS 6.47 -> 5.81 GiB, the same output.
+    Measured at 10M pairs, no memory limit (bench): peak RSS 6.4-6.5 -> 5.6-5.8 GiB, the same output.
     """
     def narrow(x: str) -> str:
         return f"CAST({x} AS UINTEGER)" if narrow_ids else x
