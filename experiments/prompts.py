@@ -19,7 +19,19 @@ import json
 import time
 from pathlib import Path
 
-from common import DOCS, Job, baseline, common_args, demo_scene, named, run_jobs, save_results, with_world, write_table
+from common import (
+    DOCS,
+    Job,
+    baseline,
+    common_args,
+    demo_scene,
+    named,
+    run_jobs,
+    save_results,
+    temperature_arg,
+    with_world,
+    write_table,
+)
 
 NAME = "prompts"
 TASKS = ("colour", "shape", "count", "size", "background")
@@ -76,8 +88,9 @@ def main() -> None:
     ap = common_args(argparse.ArgumentParser(description=__doc__))
     ap.add_argument("--extra-model", action="append", default=[],
                     help="also evaluate this model directory (e.g. a longer-trained one); one row per task")
-    ap.add_argument("--fixed-temperature", type=float, default=None,
-                    help="also train (seed 0, kept) and evaluate a model with this fixed temperature")
+    ap.add_argument("--also-fixed-temperature", type=temperature_arg, default=None, metavar="T",
+                    help="also train (seed 0, kept) and evaluate a model with this fixed temperature (e.g. 1/32); "
+                         "--fixed-temperature instead makes every model's recipe a fixed one")
     args = ap.parse_args()
     t0 = time.monotonic()
     name = named(NAME, args.world, args.steps)
@@ -89,8 +102,8 @@ def main() -> None:
     results = [{"seed": r["job"]["seed"], "model_dir": r["model_dir"],
                 "top1": evaluate(r["model_dir"], data_root, tasks)} for r in recs]
     extra_dirs = list(args.extra_model)
-    if args.fixed_temperature:
-        t = args.fixed_temperature
+    if args.also_fixed_temperature:
+        t = args.also_fixed_temperature
         job = Job(f"fixed 1/{1 / t:.0f}", 0, args.steps, overrides={"fixed_temperature": t}, keep_model=True)
         extra_dirs += [r["model_dir"] for r in run_jobs(args.out, with_world([job], args.world), 1,
                                                         run=not args.report_only)]

@@ -72,3 +72,15 @@ def test_a_recipe_override_changes_every_key(common):
     parse(common, ["--text-init-std", "0.1"])
     std = common.with_world([common.baseline(0, 400)], "demo")[0]
     assert plain.key() != std.key() and std.overrides == {"text_init_std": 0.1}
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXPERIMENTS.glob("*.py") if p.name != "common.py"))
+def test_every_experiment_parses_its_command_line(script):
+    """The scripts build their parsers on common_args: an option one adds may not clash with a shared one."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("usage:")
+    if "common_args(" in (EXPERIMENTS / script).read_text():
+        assert "--world" in r.stdout and "--fixed-temperature" in r.stdout
